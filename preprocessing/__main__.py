@@ -1,0 +1,88 @@
+"""Command line: ``python -m preprocessing {synth,prepare,summary,bench} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m preprocessing", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    synth = sub.add_parser("synth", help="write a synthetic I-SPY2-like raw cohort (DICOM + clinical.csv)")
+    synth.add_argument("--out", type=Path, required=True, help="raw cohort folder to create")
+    synth.add_argument("--patients", type=int, default=240)
+    synth.add_argument("--sites", type=int, default=3)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
+    synth.add_argument("--resolution", choices=("demo", "full"), default="demo",
+                       help="demo: 2-2.5 mm pixels, 4-5 mm slices; full: about 0.7 mm pixels, 2 mm slices")
+
+    prep = sub.add_parser("prepare", help="raw DICOM cohort -> NIfTI kinetic maps + MONAI datalist")
+    prep.add_argument("--raw", type=Path, required=True, help="folder with clinical.csv and DICOM files")
+    prep.add_argument("--out", type=Path, required=True, help="prepared cohort folder")
+    prep.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
+    prep.add_argument("--size", type=int, default=32, help="output cube edge in voxels")
+    prep.add_argument("--spacing", type=float, default=2.0, help="isotropic output spacing in mm")
+    prep.add_argument("--visits", default="T0,T1,T2", help="visits a patient must have")
+    prep.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
+    prep.add_argument("--patient-tag", default=None,
+                      help="DICOM keyword of the patient key (default: ClinicalTrialSubjectID, else PatientID)")
+    prep.add_argument("--pseudonymize", action="store_true",
+                      help="replace study ids by salted hashes (salt from $PCR_PSEUDONYM_SALT)")
+
+    summary = sub.add_parser("summary", help="print the summary of a prepared cohort")
+    summary.add_argument("prepared", type=Path)
+
+    bench = sub.add_parser("bench", help="prepare throughput and memory vs a plain DICOM->NIfTI conversion")
+    bench.add_argument("--raw", type=Path, required=True, help="raw cohort (generated there if absent)")
+    bench.add_argument("--workdir", type=Path, required=True, help="scratch folder for outputs")
+    bench.add_argument("--workers", type=int, default=2)
+    bench.add_argument("--patients", type=int, default=240, help="cohort size if the raw cohort is generated")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    from .prepare import Options, PrepareError, prepare
+    from .summary import format_summary, summarize
+    from .synth import default_workers, synthesize
+
+    workers = getattr(args, "workers", None) or default_workers()
+    try:
+        if args.command == "synth":
+            info = synthesize(args.out, args.patients, args.sites, args.seed, workers, args.resolution)
+            print(f"wrote {info['files']} DICOM files for {info['patients']} patients at {info['sites']} sites "
+                  f"(pCR rate {info['pCR rate']:.1%}) to {args.out}")
+        elif args.command == "prepare":
+            salt = None
+            if args.pseudonymize:
+                salt = os.environ.get("PCR_PSEUDONYM_SALT")
+                if not salt:
+                    raise PrepareError("--pseudonymize needs a secret salt in $PCR_PSEUDONYM_SALT")
+            options = Options(size=args.size, spacing=args.spacing,
+                              required_visits=tuple(v.strip() for v in args.visits.split(",") if v.strip()))
+            prepare(args.raw, args.out, options, workers, args.seed, salt, args.patient_tag)
+            print(format_summary(summarize(args.out)))
+        elif args.command == "summary":
+            print(format_summary(summarize(args.prepared)))
+        elif args.command == "bench":
+            from .bench import run_benchmark
+
+            run_benchmark(args.raw, args.workdir, args.workers, args.patients)
+    except PrepareError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Breast DCE-MRI phantom: renders one visit's dynamic series on a scanner's acquisition grid.
+
+Coordinates are patient LPS millimetres with the origin at the chest wall; the breast extends
+anteriorly (negative y). Tissues: air, fat (fat-suppressed, dark), fibroglandular tissue (slow
+persistent enhancement), pectoral muscle and one tumour (fast wash-in, wash-out). Tissue
+fractions are smooth at the voxel scale, which approximates partial-volume effects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import gaussian_filter, map_coordinates
+
+FOV_MM = np.array([[-60.0, 60.0], [-72.0, 12.0], [-50.0, 50.0]])  # x, y, z extent covered by scans
+TEXTURE_STEP_MM = 2.0
+BASELINE_SIGNAL = {"fat": 90.0, "fgt": 300.0, "tumour": 260.0, "muscle": 200.0}
+
+
+@dataclass
+class Anatomy:
+    """Per-patient anatomy and tumour biology, fixed across visits."""
+
+    breast_axes: np.ndarray  # semi-axes (x, y, z) in mm
+    tumour_centre: np.ndarray  # mm
+    tumour_shape: np.ndarray  # relative semi-axes, product 1
+    tumour_volume_ml: float  # at T0
+    tumour_enhancement: float  # peak relative enhancement at T0
+    washout: float  # fractional signal loss per 600 s after the peak
+    fgt_enhancement: float  # background parenchymal enhancement amplitude
+    texture: np.ndarray  # smooth random field on the FOV grid, values ~N(0, 1)
+
+    @classmethod
+    def sample(cls, y_t0: float, rng: np.random.Generator) -> "Anatomy":
+        axes = np.array([rng.uniform(48, 58), rng.uniform(50, 64), rng.uniform(42, 50)])
+        # tumour centre well inside the breast, away from the chest wall
+        direction = rng.normal(size=3)
+        direction[1] = -abs(direction[1]) - 0.5
+        centre = direction / np.linalg.norm(direction) * rng.uniform(0.15, 0.45) * axes
+        shape = rng.uniform(0.8, 1.25, size=3)
+        shape /= np.prod(shape) ** (1 / 3)
+        grid = np.ceil((FOV_MM[:, 1] - FOV_MM[:, 0]) / TEXTURE_STEP_MM).astype(int) + 1
+        texture = gaussian_filter(rng.standard_normal(grid), sigma=2.5)
+        texture /= texture.std()
+        return cls(axes, centre, shape, float(np.clip(rng.lognormal(np.log(7.0), 0.6), 1.0, 30.0)),
+                   float(np.exp(y_t0)), rng.uniform(0.15, 0.35), rng.uniform(0.3, 0.6), texture)
+
+
+def _smooth_inside(signed_depth_mm: np.ndarray, edge_mm: float) -> np.ndarray:
+    """Fraction of a voxel inside a surface, from its signed depth (positive inside)."""
+    return 1.0 / (1.0 + np.exp(-signed_depth_mm / edge_mm))
+
+
+def tissue_fractions(anatomy: Anatomy, points: np.ndarray, volume_ratio: float,
+                     voxel_mm: float) -> dict[str, np.ndarray]:
+    """Fractions of each tissue at physical ``points`` (..., 3) for one visit."""
+    x, y, z = np.moveaxis(points, -1, 0)
+    edge = 0.35 * voxel_mm
+    ax, ay, az = anatomy.breast_axes
+    radius = np.sqrt((x / ax) ** 2 + (np.minimum(y, 0) / ay) ** 2 + (z / az) ** 2)
+    breast = _smooth_inside((1 - radius) * ay, edge) * _smooth_inside(-y, edge)
+    muscle = _smooth_inside(y, edge) * _smooth_inside(10 - y, edge) * _smooth_inside(55 - np.abs(z), edge)
+    index = (points - FOV_MM[:, 0]) / TEXTURE_STEP_MM
+    texture = map_coordinates(anatomy.texture, np.moveaxis(index, -1, 0), order=1, mode="nearest")
+    # fibroglandular tissue: the textured central part of the breast
+    fgt = breast * _smooth_inside(20 * (texture - 0.2) + 25 * (0.75 - radius), 4.0)
+    r_eq = (3 * anatomy.tumour_volume_ml * volume_ratio * 1000 / (4 * np.pi)) ** (1 / 3)
+    rel = (points - anatomy.tumour_centre) / anatomy.tumour_shape
+    dist = np.linalg.norm(rel, axis=-1) * (1 + 0.08 * texture)  # mildly irregular margin
+    tumour = breast * _smooth_inside(r_eq - dist, edge)
+    fgt = fgt * (1 - tumour)
+    return {"tumour": tumour, "fgt": fgt, "fat": breast - tumour - fgt, "muscle": muscle * (1 - breast),
+            "_texture": texture}
+
+
+def relative_enhancement(tissue: str, t: float, anatomy: Anatomy, tumour_enhancement: float) -> float:
+    """Relative signal increase (S - S0) / S0 of a tissue ``t`` seconds after injection."""
+    if t <= 0:
+        return 0.0
+    if tissue == "tumour":
+        return tumour_enhancement * (1 - np.exp(-t / 60.0)) * (1 - anatomy.washout * t / 600.0)
+    amplitude, tau = {"fgt": (anatomy.fgt_enhancement, 500.0), "fat": (0.05, 300.0),
+                      "muscle": (0.3, 200.0)}[tissue]
+    return amplitude * (1 - np.exp(-t / tau))
+
+
+def render_phases(anatomy: Anatomy, points: np.ndarray, voxel_mm: float, log_volume_ratio: float,
+                  phase_times: list[float], gain: float, noise_sd: float,
+                  rng: np.random.Generator) -> list[np.ndarray]:
+    """Magnitude images of every phase at ``points`` for one visit.
+
+    ``log_volume_ratio`` is the visit's tumour log-volume relative to T0; the tumour's enhancement
+    falls with its volume (responders shrink and lose enhancement).
+    """
+    fractions = tissue_fractions(anatomy, points, np.exp(log_volume_ratio), voxel_mm)
+    texture = fractions.pop("_texture")
+    tumour_enhancement = anatomy.tumour_enhancement * np.exp(0.5 * log_volume_ratio)
+    heterogeneity = 1 + 0.12 * texture  # enhancement varies inside tumour and parenchyma
+    phases = []
+    for t in phase_times:
+        signal = np.zeros(points.shape[:-1])
+        for tissue, fraction in fractions.items():
+            enhancement = relative_enhancement(tissue, t, anatomy, tumour_enhancement)
+            signal += fraction * BASELINE_SIGNAL[tissue] * (1 + enhancement * heterogeneity)
+        noisy = np.hypot(gain * signal + rng.normal(0, noise_sd, signal.shape),
+                         rng.normal(0, noise_sd, signal.shape))  # Rician magnitude noise
+        phases.append(noisy)
+    return phases

@@ -1,0 +1,245 @@
+"""``python -m preprocessing prepare``: raw DICOM cohort + clinical table -> prepared cohort.
+
+Outputs (``DESIGN.md``, prepared cohort): ``images/<id>/<visit>.nii.gz`` with channels early PE,
+late PE, FTV mask and SER on an isotropic grid centred on the tumour; a sidecar
+``images/<id>/<visit>.json`` (FTV in mL, phase selection); ``datalist.json``; ``exclusions.csv``.
+Every file is written atomically; a rerun with the same options skips finished visits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+from tqdm import tqdm
+
+from .atomic import atomic_path, atomic_write_csv, atomic_write_json, remove_stale_temporaries
+from .clinical import pseudonym, read_clinical
+from .dicom_index import EARLY_S, LATE_S, Visit, group_visits, scan_headers, select_phases
+from .kinetics import BACKGROUND_FRACTION, MIN_COMPONENT_ML, PE_THRESHOLD, kinetic_maps, largest_component_centroid
+from .volume import GeometryError, read_phase, ras_affine, resample_around
+
+log = logging.getLogger("preprocessing")
+CHANNELS = ("pe_early", "pe_late", "ftv_mask", "ser")
+N_FOLDS = 5
+
+
+class PrepareError(RuntimeError):
+    """Fatal problem with the input as a whole."""
+
+
+@dataclass(frozen=True)
+class Options:
+    size: int = 32
+    spacing: float = 2.0
+    required_visits: tuple[str, ...] = ("T0", "T1", "T2")
+    early_s: float = EARLY_S
+    late_s: float = LATE_S
+    pe_threshold: float = PE_THRESHOLD
+    background_fraction: float = BACKGROUND_FRACTION
+    min_component_ml: float = MIN_COMPONENT_ML
+
+
+def _init_worker():
+    import itk
+
+    itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(1)  # parallelism comes from --workers
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
+def process_visit(visit: Visit, out_stem: Path, options: Options, fallback_centre) -> dict:
+    """Kinetic maps, FTV and resampled NIfTI of one visit; returns its sidecar record."""
+    sidecar = out_stem.with_suffix(".json")
+    if sidecar.exists():
+        record = json.loads(sidecar.read_text())
+        if record.get("options") == _jsonable(asdict(options)) and out_stem.with_suffix(".nii.gz").exists():
+            return record | {"resumed": True}
+    pre, early, late, selection = select_phases(list(visit.phases.values()), options.early_s, options.late_s)
+    (s0, geometry), (s1, g1), (s2, g2) = (read_phase(p) for p in (pre, early, late))
+    if not (geometry.same_as(g1) and geometry.same_as(g2)):
+        raise GeometryError("geometry mismatch between phases")
+    maps = kinetic_maps(s0, s1, s2, geometry.voxel_ml, options.background_fraction,
+                        options.pe_threshold, options.min_component_ml)
+    centroid = largest_component_centroid(maps.ftv_mask)
+    if centroid is not None:
+        centre, centre_from = geometry.to_physical(centroid), "ftv"
+    elif fallback_centre is not None:
+        centre, centre_from = np.asarray(fallback_centre), "first visit ftv"
+    else:
+        centre, centre_from = geometry.to_physical((np.array(geometry.shape) - 1) / 2), "volume centre"
+    channels = [resample_around(a, geometry, centre, options.size, options.spacing, nearest=(name == "ftv_mask"))
+                for name, a in zip(CHANNELS, (maps.pe_early, maps.pe_late, maps.ftv_mask, maps.ser))]
+    image = nib.Nifti1Image(np.stack(channels, axis=-1).astype(np.float32),
+                            ras_affine(centre, options.size, options.spacing))
+    with atomic_path(out_stem.with_suffix(".nii.gz")) as tmp:
+        nib.save(image, tmp)
+    record = {
+        "ftv_ml": round(maps.ftv_ml, 3),
+        "centre_mm": [round(float(c), 2) for c in centre],
+        "centre_from": centre_from,
+        "phase_selection": selection,
+        "phase_times_s": [None if p.time_s is None else round(p.time_s, 1) for p in (pre, early, late)],
+        "n_phases": len(visit.phases),
+        "options": asdict(options),
+    }
+    atomic_write_json(record, sidecar)
+    return record
+
+
+def process_patient(job: dict) -> dict:
+    """All visits of one patient; failures of single visits become exclusion reasons."""
+    results, reasons, centre = {}, {}, None
+    for name, visit in sorted(job["visits"].items(), key=lambda kv: (kv[0] not in job["required"], kv[0])):
+        try:
+            record = process_visit(visit, Path(job["out_dir"]) / name, job["options"], centre)
+        except GeometryError as err:
+            reasons[name] = f"geometry: {err}"
+            continue
+        except Exception as err:  # one bad study must not stop the cohort
+            reasons[name] = f"unreadable or incomplete study: {type(err).__name__}: {err}".splitlines()[0][:300]
+            continue
+        results[name] = record
+        if centre is None and record["centre_from"] == "ftv":
+            centre = record["centre_mm"]
+    return {"id": job["id"], "results": results, "reasons": reasons}
+
+
+def _parallel_map(fn, items, workers, desc, unit):
+    if workers > 1 and len(items) > 1:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+            yield from tqdm(pool.map(fn, items), total=len(items), desc=desc, unit=unit, disable=None)
+    else:
+        _init_worker()
+        yield from tqdm(map(fn, items), total=len(items), desc=desc, unit=unit, disable=None)
+
+
+def _scan_chunk(args):
+    return scan_headers(*args)
+
+
+def discover(raw: Path, workers: int, patient_tag: str | None):
+    """Headers of every DICOM image under ``raw/dicom`` (or ``raw``), and the files skipped."""
+    root = raw / "dicom" if (raw / "dicom").is_dir() else raw
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.name not in ("clinical.csv", "truth.csv"))
+    if not paths:
+        raise PrepareError(f"no files under {root}")
+    chunks = [(paths[i:i + 500], patient_tag) for i in range(0, len(paths), 500)]
+    headers, skipped = [], []
+    for h, s in _parallel_map(_scan_chunk, chunks, workers, "scan", "chunk"):
+        headers += h
+        skipped += s
+    if not headers:
+        raise PrepareError(f"no DICOM images under {root} ({len(skipped)} other files)")
+    return headers, [(os.path.relpath(p, raw), why) for p, why in skipped]
+
+
+def assign_folds(ids: list[str], labels: list[int], sites: list[str], seed: int) -> dict[str, int]:
+    """Stratified patient-level folds: by pCR x site where every stratum allows it, else by pCR."""
+    strata = [f"{label}|{site}" for label, site in zip(labels, sites)]
+    if min(pd.Series(strata).value_counts()) < N_FOLDS:
+        strata = [str(label) for label in labels]
+    if min(pd.Series(strata).value_counts()) < N_FOLDS:  # tiny cohorts: deal each class round-robin
+        order = np.random.default_rng(seed).permutation(len(ids))
+        order = sorted(order, key=lambda i: strata[i])
+        return {ids[i]: k % N_FOLDS for k, i in enumerate(order)}
+    folds = {}
+    splitter = StratifiedKFold(n_splits=N_FOLDS, shuffle=True, random_state=seed)
+    for k, (_, test) in enumerate(splitter.split(np.zeros(len(ids)), strata)):
+        folds.update({ids[i]: k for i in test})
+    return folds
+
+
+def prepare(raw: Path, out: Path, options: Options = Options(), workers: int = 1, seed: int = 0,
+            pseudonymize_salt: str | None = None, patient_tag: str | None = None) -> dict:
+    """Prepare a cohort; returns the datalist. Raises ``PrepareError`` on fatal input problems."""
+    raw, out = Path(raw), Path(out)
+    if not raw.is_dir():
+        raise PrepareError(f"raw cohort folder not found: {raw}")
+    try:
+        patients, exclusions, warnings = read_clinical(raw / "clinical.csv")
+    except ValueError as err:
+        raise PrepareError(str(err)) from None
+    for w in warnings:
+        log.warning(w)
+    headers, skipped = discover(raw, workers, patient_tag)
+    if skipped:
+        log.warning("%d file(s) under %s are not DICOM images and were skipped (listed in exclusions.csv)",
+                    len(skipped), raw)
+    exclusions += [{"id": "-", "visit": "-", "reason": f"not a DICOM image: {p} ({why})"} for p, why in skipped]
+    studies = group_visits(headers)
+    out.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temporaries(out)
+    if stale:
+        log.warning("removed %d temporary file(s) left by an interrupted run", stale)
+
+    def public_id(pid: str) -> str:
+        return pseudonym(pid, pseudonymize_salt) if pseudonymize_salt else pid
+
+    for key in sorted(set(studies) - set(patients)):
+        # the DICOM key may be a record number: never write it, only a salted digest
+        exclusions.append({"id": pseudonym(key, "unmatched"), "visit": "-",
+                           "reason": "DICOM patient has no valid row in clinical.csv (id shown as digest)"})
+    jobs = []
+    for pid in sorted(patients):
+        if pid not in studies:
+            exclusions.append({"id": public_id(pid), "visit": "-", "reason": "no DICOM study found"})
+            continue
+        missing = [v for v in options.required_visits if v not in studies[pid]]
+        if missing:
+            exclusions.append({"id": public_id(pid), "visit": ",".join(missing),
+                               "reason": f"missing visit(s) {', '.join(missing)}"})
+            continue
+        jobs.append({"id": pid, "visits": studies[pid], "required": options.required_visits,
+                     "out_dir": str(out / "images" / public_id(pid)), "options": options})
+
+    entries = []
+    for result in _parallel_map(process_patient, jobs, workers, "prepare", "patient"):
+        pid, results, reasons = result["id"], result["results"], result["reasons"]
+        for visit, reason in reasons.items():
+            exclusions.append({"id": public_id(pid), "visit": visit, "reason": reason})
+        failed = [v for v in options.required_visits if v in reasons]
+        if failed:
+            exclusions.append({"id": public_id(pid), "visit": ",".join(failed),
+                               "reason": f"required visit(s) {', '.join(failed)} could not be processed"})
+            continue
+        site = patients[pid]["site"] or studies[pid][options.required_visits[0]].site or "unknown"
+        entry = {"id": public_id(pid), "site": str(site), "label": patients[pid]["label"]}
+        entry |= {v: f"images/{public_id(pid)}/{v}.nii.gz" for v in sorted(results)}
+        entry["ftv_ml"] = {v: results[v]["ftv_ml"] for v in sorted(results)}
+        entry["clinical"] = patients[pid]["clinical"]
+        entries.append(entry)
+    atomic_write_csv(pd.DataFrame(exclusions, columns=["id", "visit", "reason"]), out / "exclusions.csv")
+    if not entries:
+        raise PrepareError(f"no patient could be prepared; reasons in {out / 'exclusions.csv'}")
+    entries.sort(key=lambda e: e["id"])
+    folds = assign_folds([e["id"] for e in entries], [e["label"] for e in entries],
+                         [e["site"] for e in entries], seed)
+    for e in entries:
+        e["fold"] = folds[e["id"]]
+    datalist = {
+        "name": "pCR DCE-MRI prepared cohort",
+        "description": "Per visit: early PE, late PE, FTV mask, SER (channels last in the NIfTI).",
+        "channels": list(CHANNELS),
+        "visits": sorted({v for e in entries for v in e["ftv_ml"]}),
+        "required_visits": list(options.required_visits),
+        "spacing_mm": options.spacing,
+        "size": [options.size] * 3,
+        "num_folds": N_FOLDS,
+        "fold_seed": seed,
+        "pseudonymized": bool(pseudonymize_salt),
+        "numTraining": len(entries),
+        "training": entries,
+    }
+    atomic_write_json(datalist, out / "datalist.json")
+    return datalist

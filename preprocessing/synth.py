@@ -1,0 +1,243 @@
+"""``python -m preprocessing synth``: a synthetic I-SPY2-like cohort in raw form.
+
+Writes ``RAW/dicom/`` (DCE-MRI series per patient and visit, real DICOM MR files with fake PHI),
+``RAW/clinical.csv`` and ``RAW/truth.csv`` (latent response and oracle probabilities; never read
+by a model). Sites differ in scanner gain, noise, orientation, resolution, timing tags, phase
+layout and case mix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydicom import config as pydicom_config
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from tqdm import tqdm
+
+from .atomic import atomic_write_csv
+from .cohort import VISIT_WEEKS, VISITS, sample_cohort
+from .phantom import FOV_MM, Anatomy, render_phases
+
+SURNAMES = ("ALVAREZ", "BROWN", "CHEN", "DUBOIS", "EKWUEME", "FISCHER", "GARCIA", "HOLM", "IVANOVA")
+GIVEN_NAMES = ("ANNA", "BEATRIZ", "CLAIRE", "DANA", "ELIF", "FATIMA", "GRACE", "HANA", "INES")
+
+
+@dataclass(frozen=True)
+class Scanner:
+    """Acquisition protocol of a site."""
+
+    orientation: str  # "axial" or "sagittal"
+    pixel_mm: float
+    slice_mm: float
+    n_post: int  # post-contrast phases
+    phase_interval_s: float
+    timing: str  # "trigger": TriggerTime; "clock": AcquisitionTime and ContrastBolusStartTime; "both"
+    one_series_per_phase: bool
+    rescale: tuple[float, float]  # (slope, intercept) of stored values
+    gain: float
+    noise_sd: float
+    descending_slices: bool
+    manufacturer: str
+
+
+SCANNERS = (
+    Scanner("axial", 2.5, 4.0, 5, 90.0, "trigger", False, (1.0, 0.0), 1.0, 6.0, False, "GE MEDICAL SYSTEMS"),
+    Scanner("sagittal", 2.0, 5.0, 6, 75.0, "clock", True, (1.5, -100.0), 1.3, 10.0, False, "Philips"),
+    Scanner("axial", 2.2, 5.0, 5, 100.0, "both", False, (1.0, 0.0), 0.8, 8.0, True, "SIEMENS"),
+)
+FULL_RESOLUTION = {"pixel_mm": 1 / 3, "slice_mm": 1 / 2.5}  # multipliers for --resolution full
+
+
+def site_scanner(k: int, resolution: str, rng: np.random.Generator) -> Scanner:
+    """Scanner of site ``k``: the templates in turn, jittered beyond the first three sites."""
+    scanner = SCANNERS[k % len(SCANNERS)]
+    if k >= len(SCANNERS):
+        scanner = replace(scanner, gain=scanner.gain * rng.uniform(0.8, 1.2),
+                          noise_sd=scanner.noise_sd * rng.uniform(0.8, 1.3),
+                          pixel_mm=scanner.pixel_mm * rng.uniform(0.9, 1.1))
+    if resolution == "full":
+        scanner = replace(scanner, pixel_mm=scanner.pixel_mm * FULL_RESOLUTION["pixel_mm"],
+                          slice_mm=scanner.slice_mm * FULL_RESOLUTION["slice_mm"])
+    return scanner
+
+
+def acquisition_grid(scanner: Scanner, shift_mm: np.ndarray):
+    """Slice positions and voxel centres (slices, rows, cols, 3) of a scan covering the FOV."""
+    if scanner.orientation == "axial":
+        row_dir, col_dir = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
+    else:
+        row_dir, col_dir = np.array([0, 1.0, 0]), np.array([0, 0, -1.0])
+    normal = np.cross(row_dir, col_dir)
+    extent = FOV_MM[:, 1] - FOV_MM[:, 0]
+    n_cols = int(np.ceil(abs(row_dir @ extent) / scanner.pixel_mm))
+    n_rows = int(np.ceil(abs(col_dir @ extent) / scanner.pixel_mm))
+    n_slices = int(np.ceil(abs(normal @ extent) / scanner.slice_mm))
+    # the corner voxel sits at the FOV end each axis starts from
+    start = np.where(row_dir + col_dir + normal > 0, FOV_MM[:, 0], FOV_MM[:, 1])
+    corner = start + (row_dir + col_dir) * scanner.pixel_mm / 2 + normal * scanner.slice_mm / 2 + shift_mm
+    k, i, j = np.meshgrid(np.arange(n_slices), np.arange(n_rows), np.arange(n_cols), indexing="ij")
+    points = (corner + k[..., None] * scanner.slice_mm * normal + i[..., None] * scanner.pixel_mm * col_dir
+              + j[..., None] * scanner.pixel_mm * row_dir)
+    positions = corner + np.arange(n_slices)[:, None] * scanner.slice_mm * normal
+    return points, positions, np.concatenate([row_dir, col_dir])
+
+
+def _uid(*parts) -> str:
+    return generate_uid(entropy_srcs=[str(p) for p in parts])
+
+
+def _opaque(*parts) -> str:
+    return hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:10]
+
+
+def _clock(seconds: float) -> str:
+    seconds = seconds % 86400
+    return f"{int(seconds // 3600):02d}{int(seconds % 3600 // 60):02d}{seconds % 60:09.6f}"
+
+
+def write_patient(job: dict) -> int:
+    """Render and write all visits of one patient; returns the number of files written."""
+    # the generator's own values are valid by construction; per-element validation is slow
+    pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
+    rng = np.random.default_rng(job["seed"])
+    patient, scanner, out = job["patient"], job["scanner"], Path(job["out"])
+    anatomy = Anatomy.sample(patient["y_T0"], rng)
+    cumulative = np.cumsum([0.0, patient["y_T1"], patient["y_T2"], patient["y_T3"]])
+    baseline_date = dt.date(2011, 1, 3) + dt.timedelta(days=int(rng.integers(0, 5 * 365)))
+    phi = {
+        "PatientName": f"{SURNAMES[rng.integers(len(SURNAMES))]}^{GIVEN_NAMES[rng.integers(len(GIVEN_NAMES))]}",
+        "PatientID": f"MRN{rng.integers(10**6, 10**7)}",
+        "PatientBirthDate": (baseline_date - dt.timedelta(days=int(patient["age"] * 365.25))).strftime("%Y%m%d"),
+    }
+    n_files = 0
+    patient_dir = out / patient["site"] / _opaque(job["seed"], "patient")
+    for v, visit in enumerate(VISITS):
+        shift = rng.uniform(-4, 4, size=3)  # patient positioning differs between visits
+        points, positions, orientation = acquisition_grid(scanner, shift)
+        times = [-30.0] + [scanner.phase_interval_s * (p + 0.5) + 20 for p in range(scanner.n_post)]
+        phases = render_phases(anatomy, points - shift, scanner.pixel_mm, cumulative[v], times,
+                               scanner.gain, scanner.noise_sd, rng)
+        date = baseline_date + dt.timedelta(weeks=VISIT_WEEKS[v], days=int(rng.integers(-3, 4)))
+        bolus_clock = 9 * 3600 + float(rng.uniform(0, 7 * 3600))
+        study = {
+            **phi,
+            "AccessionNumber": f"{rng.integers(10**8, 10**9)}",
+            "StudyInstanceUID": _uid(job["seed"], visit),
+            "StudyDate": date.strftime("%Y%m%d"),
+            "ClinicalTrialTimePointID": visit,
+            "ClinicalTrialSubjectID": patient["id"],
+            "ClinicalTrialSiteID": patient["site"],
+            "FrameOfReferenceUID": _uid(job["seed"], visit, "frame"),
+        }
+        study_dir = patient_dir / _opaque(job["seed"], visit)
+        slice_order = rng.permutation(len(positions))  # file numbering unrelated to position
+        for p, (t, volume) in enumerate(zip(times, phases)):
+            series_key = p if scanner.one_series_per_phase else 0
+            series = {
+                "SeriesInstanceUID": _uid(job["seed"], visit, "series", series_key),
+                "SeriesNumber": 1000 + series_key,
+                "SeriesDescription": f"DCE {'phase ' + str(p) if scanner.one_series_per_phase else 'dynamic'}",
+            }
+            series_dir = study_dir / _opaque(job["seed"], visit, series_key)
+            series_dir.mkdir(parents=True, exist_ok=True)
+            ds = _series_dataset(scanner, study, series, orientation, p, len(times), t, bolus_clock,
+                                 volume.shape[1:])
+            slope, intercept = scanner.rescale
+            stored = np.clip(np.round((volume - intercept) / slope), 0, 65535).astype(np.uint16)
+            for k in range(len(positions)):
+                # one header per series; only the per-slice elements change
+                ds.ImagePositionPatient = [round(float(c), 4) for c in positions[k]]
+                ds.InstanceNumber = p * 1000 + k + 1
+                ds.SOPInstanceUID = _uid(job["seed"], visit, p, k)
+                ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+                ds.PixelData = stored[k].tobytes()
+                number = slice_order[k] + 1 + p * len(positions)
+                ds.save_as(series_dir / f"IM{number:05d}.dcm", enforce_file_format=True)
+                n_files += 1
+    return n_files
+
+
+def _series_dataset(scanner: Scanner, study: dict, series: dict, orientation, phase: int,
+                    n_phases: int, t: float, bolus_clock: float, shape) -> Dataset:
+    """Header shared by all slices of one phase."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = MRImageStorage
+    ds.Modality = "MR"
+    ds.Manufacturer = scanner.manufacturer
+    ds.MagneticFieldStrength = 1.5
+    ds.ScanningSequence = "GR"
+    ds.ContrastBolusAgent = "Gd"
+    for key, value in {**study, **series}.items():
+        setattr(ds, key, value)
+    if not scanner.one_series_per_phase:
+        ds.TemporalPositionIdentifier = phase + 1
+        ds.NumberOfTemporalPositions = n_phases
+    if scanner.timing in ("trigger", "both"):
+        ds.TriggerTime = round(max(t, 0.0) * 1000, 1)
+    if scanner.timing in ("clock", "both"):
+        ds.ContrastBolusStartTime = _clock(bolus_clock)
+        ds.AcquisitionTime = _clock(bolus_clock + t)
+        ds.SeriesTime = ds.AcquisitionTime
+    ds.ImageOrientationPatient = [float(c) for c in orientation]
+    ds.PixelSpacing = [scanner.pixel_mm, scanner.pixel_mm]
+    ds.SliceThickness = scanner.slice_mm
+    ds.SpacingBetweenSlices = scanner.slice_mm
+    slope, intercept = scanner.rescale
+    if slope != 1.0 or intercept != 0.0:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.Rows, ds.Columns = shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    return ds
+
+
+def synthesize(out: Path, patients: int = 240, sites: int = 3, seed: int = 0, workers: int = 1,
+               resolution: str = "demo") -> dict:
+    """Write a synthetic raw cohort to ``out``; returns a short summary."""
+    out = Path(out)
+    clinical, truth, site_list = sample_cohort(patients, sites, seed)
+    rng = np.random.default_rng([seed, 1])
+    scanners = {s["site"]: site_scanner(k, resolution, rng) for k, s in enumerate(site_list)}
+    seeds = np.random.SeedSequence([seed, 2]).spawn(patients)
+    records = clinical.merge(truth, on="id").to_dict("records")
+    jobs = [{"patient": rec, "scanner": scanners[rec["site"]], "out": str(out / "dicom"),
+             "seed": int(s.generate_state(1)[0])} for rec, s in zip(records, seeds)]
+    out.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Serial() as pool:
+        n_files = sum(tqdm(pool.map(write_patient, jobs, chunksize=1), total=len(jobs),
+                           desc="synth", unit="patient", disable=None))
+    # the tables are written last, so a cohort with a clinical.csv is complete
+    atomic_write_csv(truth, out / "truth.csv")
+    atomic_write_csv(clinical, out / "clinical.csv")
+    return {"patients": patients, "sites": sites, "files": n_files, "pCR rate": round(clinical["pCR"].mean(), 3)}
+
+
+class _Serial:
+    """Stand-in for a process pool when ``workers == 1``."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @staticmethod
+    def map(fn, items, chunksize=1):
+        return map(fn, items)
+
+
+def default_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Main job: set up, generate the default synthetic cohort (240 patients, 3 sites), prepare it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+DATA=${DATA:-data}
+PY=.venv/bin/python
+if [ ! -f "$DATA/raw/clinical.csv" ]; then
+  $PY -m preprocessing synth --out "$DATA/raw" --patients "${PATIENTS:-240}" --sites "${SITES:-3}" --seed "${SEED:-0}"
+fi
+$PY -m preprocessing prepare --raw "$DATA/raw" --out "$DATA/prepared"
+echo "prepared cohort: $DATA/prepared (datalist.json, exclusions.csv, images/)"
