@@ -103,13 +103,20 @@ def _clock(seconds: float) -> str:
     return f"{int(seconds // 3600):02d}{int(seconds % 3600 // 60):02d}{seconds % 60:09.6f}"
 
 
+def patient_anatomy(job: dict) -> tuple[Anatomy, np.ndarray, np.random.Generator]:
+    """Anatomy, per-visit positioning shifts (mm) and the generator for the rest of a patient."""
+    rng = np.random.default_rng(job["seed"])
+    anatomy = Anatomy.sample(job["patient"]["y_T0"], rng)
+    shifts = rng.uniform(-4, 4, size=(len(VISITS), 3))  # patient positioning differs between visits
+    return anatomy, shifts, rng
+
+
 def write_patient(job: dict) -> int:
     """Render and write all visits of one patient; returns the number of files written."""
     # the generator's own values are valid by construction; per-element validation is slow
     pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
-    rng = np.random.default_rng(job["seed"])
     patient, scanner, out = job["patient"], job["scanner"], Path(job["out"])
-    anatomy = Anatomy.sample(patient["y_T0"], rng)
+    anatomy, shifts, rng = patient_anatomy(job)
     cumulative = np.cumsum([0.0, patient["y_T1"], patient["y_T2"], patient["y_T3"]])
     baseline_date = dt.date(2011, 1, 3) + dt.timedelta(days=int(rng.integers(0, 5 * 365)))
     phi = {
@@ -120,7 +127,7 @@ def write_patient(job: dict) -> int:
     n_files = 0
     patient_dir = out / patient["site"] / _opaque(job["seed"], "patient")
     for v, visit in enumerate(VISITS):
-        shift = rng.uniform(-4, 4, size=3)  # patient positioning differs between visits
+        shift = shifts[v]
         points, positions, orientation = acquisition_grid(scanner, shift)
         times = [-30.0] + [scanner.phase_interval_s * (p + 0.5) + 20 for p in range(scanner.n_post)]
         phases = render_phases(anatomy, points - shift, scanner.pixel_mm, cumulative[v], times,
@@ -204,17 +211,23 @@ def _series_dataset(scanner: Scanner, study: dict, series: dict, orientation, ph
     return ds
 
 
-def synthesize(out: Path, patients: int = 240, sites: int = 3, seed: int = 0, workers: int = 1,
-               resolution: str = "demo") -> dict:
-    """Write a synthetic raw cohort to ``out``; returns a short summary."""
-    out = Path(out)
+def patient_jobs(out: Path, patients: int, sites: int, seed: int, resolution: str):
+    """Clinical table, truth table and one rendering job per patient (deterministic in ``seed``)."""
     clinical, truth, site_list = sample_cohort(patients, sites, seed)
     rng = np.random.default_rng([seed, 1])
     scanners = {s["site"]: site_scanner(k, resolution, rng) for k, s in enumerate(site_list)}
     seeds = np.random.SeedSequence([seed, 2]).spawn(patients)
     records = clinical.merge(truth, on="id").to_dict("records")
-    jobs = [{"patient": rec, "scanner": scanners[rec["site"]], "out": str(out / "dicom"),
+    jobs = [{"patient": rec, "scanner": scanners[rec["site"]], "out": str(Path(out) / "dicom"),
              "seed": int(s.generate_state(1)[0])} for rec, s in zip(records, seeds)]
+    return clinical, truth, jobs
+
+
+def synthesize(out: Path, patients: int = 240, sites: int = 3, seed: int = 0, workers: int = 1,
+               resolution: str = "demo") -> dict:
+    """Write a synthetic raw cohort to ``out``; returns a short summary."""
+    out = Path(out)
+    clinical, truth, jobs = patient_jobs(out, patients, sites, seed, resolution)
     out.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Serial() as pool:
         n_files = sum(tqdm(pool.map(write_patient, jobs, chunksize=1), total=len(jobs),
