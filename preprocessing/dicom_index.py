@@ -20,7 +20,7 @@ HEADER_TAGS = [
     "ClinicalTrialSubjectID", "PatientID", "ClinicalTrialTimePointID", "ClinicalTrialSiteID",
     "StudyInstanceUID", "StudyDate", "SeriesInstanceUID", "TemporalPositionIdentifier", "TriggerTime",
     "AcquisitionTime", "ContrastBolusStartTime", "ImagePositionPatient", "ImageOrientationPatient",
-    "PixelSpacing", "Rows", "Columns", "Modality",
+    "PixelSpacing", "Rows", "Columns", "RescaleSlope", "RescaleIntercept",
 ]
 EARLY_S, LATE_S = 150.0, 450.0  # I-SPY early and late post-contrast times
 
@@ -32,6 +32,7 @@ class SliceHeader:
     orientation: tuple[float, ...]
     spacing: tuple[float, ...]
     shape: tuple[int, int]
+    rescale: tuple[float, float] = (1.0, 0.0)  # RescaleSlope, RescaleIntercept
 
 
 @dataclass
@@ -60,38 +61,46 @@ def _seconds(clock: str) -> float:
     return t.hour * 3600 + t.minute * 60 + t.second + fraction
 
 
-def phase_time(ds) -> float | None:
+def phase_time(tags: dict) -> float | None:
     """Seconds after injection: AcquisitionTime - ContrastBolusStartTime, else TriggerTime (ms)."""
-    if ds.get("AcquisitionTime") and ds.get("ContrastBolusStartTime"):
-        return _seconds(ds.AcquisitionTime) - _seconds(ds.ContrastBolusStartTime)
-    if ds.get("TriggerTime") is not None and ds.get("TriggerTime") != "":
-        return float(ds.TriggerTime) / 1000.0
+    if tags.get("AcquisitionTime") and tags.get("ContrastBolusStartTime"):
+        return _seconds(tags["AcquisitionTime"]) - _seconds(tags["ContrastBolusStartTime"])
+    if tags.get("TriggerTime") not in (None, ""):
+        return float(tags["TriggerTime"]) / 1000.0
     return None
 
 
-def read_header(path: Path, patient_tag: str | None = None):
+def _text(value) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def read_header(path: Path, patient_tag: str | None = None) -> dict:
     """Header fields of one file, or raise ``InvalidDicomError``/``OSError`` for unreadable files."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
-    if "SeriesInstanceUID" not in ds or "ImagePositionPatient" not in ds:
+    ds = pydicom.dcmread(path, stop_before_pixels=True,
+                         specific_tags=HEADER_TAGS + ([patient_tag] if patient_tag else []))
+    tags = {element.keyword: element.value for element in ds}  # convert each value once
+    if not tags.get("SeriesInstanceUID") or not tags.get("ImagePositionPatient"):
         raise InvalidDicomError("not an image file (no series or position)")
-    tags = (patient_tag,) if patient_tag else PATIENT_KEY_TAGS
-    patient = next((str(ds.get(t)).strip() for t in tags if ds.get(t)), None)
+    keys = (patient_tag,) if patient_tag else PATIENT_KEY_TAGS
+    patient = next((_text(tags[k]) for k in keys if _text(tags.get(k))), None)
     if patient is None:
-        raise InvalidDicomError(f"no patient key ({' or '.join(tags)})")
+        raise InvalidDicomError(f"no patient key ({' or '.join(keys)})")
+    slope, intercept = tags.get("RescaleSlope"), tags.get("RescaleIntercept")
     return {
         "path": str(path),
         "patient": patient,
-        "visit": str(ds.get("ClinicalTrialTimePointID", "") or "").strip(),
-        "site": str(ds.get("ClinicalTrialSiteID", "") or "").strip() or None,
-        "study": str(ds.StudyInstanceUID),
-        "study_date": str(ds.get("StudyDate", "") or ""),
-        "series": str(ds.SeriesInstanceUID),
-        "temporal_position": int(ds.TemporalPositionIdentifier) if ds.get("TemporalPositionIdentifier") else None,
-        "time_s": phase_time(ds),
-        "position": tuple(float(v) for v in ds.ImagePositionPatient),
-        "orientation": tuple(round(float(v), 4) for v in ds.get("ImageOrientationPatient", [])),
-        "spacing": tuple(float(v) for v in ds.get("PixelSpacing", [])),
-        "shape": (int(ds.get("Rows", 0)), int(ds.get("Columns", 0))),
+        "visit": _text(tags.get("ClinicalTrialTimePointID")),
+        "site": _text(tags.get("ClinicalTrialSiteID")) or None,
+        "study": _text(tags.get("StudyInstanceUID")),
+        "study_date": _text(tags.get("StudyDate")),
+        "series": _text(tags["SeriesInstanceUID"]),
+        "temporal_position": int(tags["TemporalPositionIdentifier"]) if tags.get("TemporalPositionIdentifier") else None,
+        "time_s": phase_time(tags),
+        "position": tuple(float(v) for v in tags["ImagePositionPatient"]),
+        "orientation": tuple(round(float(v), 4) for v in tags.get("ImageOrientationPatient") or []),
+        "spacing": tuple(float(v) for v in tags.get("PixelSpacing") or []),
+        "shape": (int(tags.get("Rows") or 0), int(tags.get("Columns") or 0)),
+        "rescale": (float(1 if slope in (None, "") else slope), float(0 if intercept in (None, "") else intercept)),
     }
 
 
@@ -117,7 +126,8 @@ def group_visits(headers: list[dict]) -> dict[str, dict[str, Visit]]:
         phase = visit.phases.setdefault(key, Phase(key, temporal_position=h["temporal_position"]))
         if h["time_s"] is not None:  # slices of one phase may carry their own acquisition times
             phase.time_s = h["time_s"] if phase.time_s is None else min(phase.time_s, h["time_s"])
-        phase.slices.append(SliceHeader(h["path"], h["position"], h["orientation"], h["spacing"], h["shape"]))
+        phase.slices.append(SliceHeader(h["path"], h["position"], h["orientation"], h["spacing"], h["shape"],
+                                        h["rescale"]))
     patients: dict[str, dict[str, Visit]] = defaultdict(dict)
     by_patient = defaultdict(list)
     for (patient, _), visit in studies.items():

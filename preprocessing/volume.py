@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import itk
 import numpy as np
-import pydicom
+from pydicom.pixels import pixel_array
 
-from .dicom_index import Phase
+from .dicom_index import Phase, SliceHeader
 
 
 class GeometryError(ValueError):
@@ -39,8 +39,8 @@ class Geometry:
         return float(np.prod(self.spacing)) / 1000.0
 
 
-def phase_geometry(phase: Phase) -> tuple[Geometry, list[str]]:
-    """Geometry of a phase and its slice files in ascending position along the normal."""
+def phase_geometry(phase: Phase) -> tuple[Geometry, list[SliceHeader]]:
+    """Geometry of a phase and its slices in ascending position along the normal."""
     first = phase.slices[0]
     for s in phase.slices[1:]:
         if s.orientation != first.orientation or s.spacing != first.spacing or s.shape != first.shape:
@@ -62,19 +62,18 @@ def phase_geometry(phase: Phase) -> tuple[Geometry, list[str]]:
     spacing = np.array([first.spacing[1], first.spacing[0], float(np.median(gaps))])
     geometry = Geometry(np.array(ordered[0].position), spacing,
                         np.stack([row_dir, col_dir, normal], axis=1), (len(ordered),) + first.shape)
-    return geometry, [s.path for s in ordered]
+    return geometry, ordered
 
 
 def read_phase(phase: Phase) -> tuple[np.ndarray, Geometry]:
     """Float32 volume (slices, rows, columns) of real-world values, and its geometry."""
-    geometry, paths = phase_geometry(phase)
+    geometry, slices = phase_geometry(phase)
     volume = np.empty(geometry.shape, dtype=np.float32)
-    for k, path in enumerate(paths):
-        ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array.astype(np.float32)
+    for k, s in enumerate(slices):
+        pixels = pixel_array(s.path)  # stored values, decoded by pydicom (any transfer syntax)
         if pixels.shape != geometry.shape[1:]:
             raise GeometryError("pixel data does not match Rows/Columns")
-        volume[k] = pixels * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
+        volume[k] = pixels * s.rescale[0] + s.rescale[1]
     return volume, geometry
 
 
