@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,9 +50,9 @@ class Options:
 
 
 def _init_worker():
-    import itk
+    import SimpleITK as sitk
 
-    itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(1)  # parallelism comes from --workers
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # parallelism comes from --workers
 
 
 def _jsonable(value):
@@ -186,9 +187,11 @@ def prepare(raw: Path, out: Path, options: Options = Options(), workers: int = 1
     def public_id(pid: str) -> str:
         return pseudonym(pid, pseudonymize_salt) if pseudonymize_salt else pid
 
+    run_salt = secrets.token_hex(16)
     for key in sorted(set(studies) - set(patients)):
-        # the DICOM key may be a record number: never write it, only a salted digest
-        exclusions.append({"id": pseudonym(key, "unmatched"), "visit": "-",
+        # the DICOM key may be a record number: never write it, only a digest with a secret
+        # per-run salt (a fixed salt would let anyone test guessed record numbers)
+        exclusions.append({"id": pseudonym(key, run_salt), "visit": "-",
                            "reason": "DICOM patient has no valid row in clinical.csv (id shown as digest)"})
     jobs = []
     for pid in sorted(patients):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import itk
 import numpy as np
+import SimpleITK as sitk
 from pydicom.pixels import pixel_array
 
 from .dicom_index import Phase, SliceHeader
@@ -77,11 +77,11 @@ def read_phase(phase: Phase) -> tuple[np.ndarray, Geometry]:
     return volume, geometry
 
 
-def to_itk(array: np.ndarray, geometry: Geometry):
-    image = itk.image_from_array(np.ascontiguousarray(array, dtype=np.float32))
+def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.float32))
     image.SetOrigin(geometry.origin.tolist())
     image.SetSpacing(geometry.spacing.tolist())
-    image.SetDirection(itk.matrix_from_array(np.ascontiguousarray(geometry.direction)))
+    image.SetDirection(geometry.direction.flatten().tolist())
     return image
 
 
@@ -89,17 +89,14 @@ def resample_around(array: np.ndarray, geometry: Geometry, centre_mm: np.ndarray
                     spacing_mm: float, nearest: bool = False) -> np.ndarray:
     """Resample onto a ``size``^3 axis-aligned (LPS) grid of ``spacing_mm`` centred at ``centre_mm``.
 
-    Returns an array indexed (x, y, z); voxels outside the acquired field are 0.
+    ITK's resampler (through SimpleITK, which loads in a fraction of the memory of the full
+    wrapping). Returns an array indexed (x, y, z); voxels outside the acquired field are 0.
     """
-    image = to_itk(array, geometry)
-    interpolator = (itk.NearestNeighborInterpolateImageFunction if nearest
-                    else itk.LinearInterpolateImageFunction).New(image)
     origin = np.asarray(centre_mm, dtype=float) - spacing_mm * (size - 1) / 2
-    out = itk.resample_image_filter(
-        image, interpolator=interpolator, size=[size] * 3, output_spacing=[spacing_mm] * 3,
-        output_origin=origin.tolist(), output_direction=itk.matrix_from_array(np.eye(3)),
-        default_pixel_value=0.0)
-    return np.transpose(itk.array_from_image(out), (2, 1, 0))
+    out = sitk.Resample(to_sitk(array, geometry), [size] * 3, sitk.Transform(),
+                        sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear,
+                        origin.tolist(), [spacing_mm] * 3, np.eye(3).flatten().tolist(), 0.0, sitk.sitkFloat32)
+    return np.transpose(sitk.GetArrayFromImage(out), (2, 1, 0))
 
 
 def ras_affine(centre_mm: np.ndarray, size: int, spacing_mm: float) -> np.ndarray:
