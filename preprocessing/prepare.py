@@ -76,7 +76,7 @@ def process_visit(visit: Visit, out_stem: Path, options: Options, fallback_centr
     if centroid is not None:
         centre, centre_from = geometry.to_physical(centroid), "ftv"
     elif fallback_centre is not None:
-        centre, centre_from = np.asarray(fallback_centre), "first visit ftv"
+        centre, centre_from = np.asarray(fallback_centre), "earlier visit ftv"
     else:
         centre, centre_from = geometry.to_physical((np.array(geometry.shape) - 1) / 2), "volume centre"
     channels = [resample_around(a, geometry, centre, options.size, options.spacing, nearest=(name == "ftv_mask"))

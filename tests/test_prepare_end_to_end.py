@@ -98,3 +98,28 @@ def test_pseudonymized_ids_hide_study_ids(tiny_raw, tmp_path):
     assert all(e["id"].startswith("P") and e["id"] not in set(ids) for e in datalist["training"])
     text = (out / "datalist.json").read_text() + "".join(os.listdir(out / "images"))
     assert not any(i in text for i in ids)
+
+
+def test_interrupt_leaves_only_complete_files_and_rerun_finishes(tiny_raw, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import nibabel as nib
+
+    out = tmp_path / "interrupted"
+    command = [sys.executable, "-m", "preprocessing", "prepare", "--raw", str(tiny_raw), "--out", str(out),
+               "--workers", "1", "--size", "16", "--spacing", "4"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("images/*/*.json"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert not list(out.rglob(TMP_MARK + "*")) and not (out / "datalist.json").exists()
+    for sidecar in out.glob("images/*/*.json"):  # a sidecar is written after its image: both complete
+        assert nib.load(sidecar.with_suffix(".nii.gz")).get_fdata().shape == (16, 16, 16, 4)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and (out / "datalist.json").exists()
