@@ -53,8 +53,8 @@ def _smooth_inside(signed_depth_mm: np.ndarray, edge_mm: float) -> np.ndarray:
 
 
 def tissue_fractions(anatomy: Anatomy, points: np.ndarray, volume_ratio: float,
-                     voxel_mm: float) -> dict[str, np.ndarray]:
-    """Fractions of each tissue at physical ``points`` (..., 3) for one visit."""
+                     voxel_mm: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Fractions of each tissue at physical ``points`` (..., 3) for one visit, and the texture there."""
     x, y, z = np.moveaxis(points, -1, 0)
     edge = 0.35 * voxel_mm
     ax, ay, az = anatomy.breast_axes
@@ -70,8 +70,8 @@ def tissue_fractions(anatomy: Anatomy, points: np.ndarray, volume_ratio: float,
     dist = np.linalg.norm(rel, axis=-1) * (1 + 0.08 * texture)  # mildly irregular margin
     tumour = breast * _smooth_inside(r_eq - dist, edge)
     fgt = fgt * (1 - tumour)
-    return {"tumour": tumour, "fgt": fgt, "fat": breast - tumour - fgt, "muscle": muscle * (1 - breast),
-            "_texture": texture}
+    fractions = {"tumour": tumour, "fgt": fgt, "fat": breast - tumour - fgt, "muscle": muscle * (1 - breast)}
+    return fractions, texture
 
 
 def relative_enhancement(tissue: str, t: float, anatomy: Anatomy, tumour_enhancement: float) -> float:
@@ -93,8 +93,7 @@ def render_phases(anatomy: Anatomy, points: np.ndarray, voxel_mm: float, log_vol
     ``log_volume_ratio`` is the visit's tumour log-volume relative to T0; the tumour's enhancement
     falls with its volume (responders shrink and lose enhancement).
     """
-    fractions = tissue_fractions(anatomy, points, np.exp(log_volume_ratio), voxel_mm)
-    texture = fractions.pop("_texture")
+    fractions, texture = tissue_fractions(anatomy, points, np.exp(log_volume_ratio), voxel_mm)
     tumour_enhancement = anatomy.tumour_enhancement * np.exp(0.5 * log_volume_ratio)
     heterogeneity = 1 + 0.12 * texture  # enhancement varies inside tumour and parenchyma
     phases = []

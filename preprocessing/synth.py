@@ -69,7 +69,7 @@ def site_scanner(k: int, resolution: str, rng: np.random.Generator) -> Scanner:
     return scanner
 
 
-def acquisition_grid(scanner: Scanner, shift_mm: np.ndarray):
+def acquisition_grid(scanner: Scanner):
     """Slice positions and voxel centres (slices, rows, cols, 3) of a scan covering the FOV."""
     if scanner.orientation == "axial":
         row_dir, col_dir = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
@@ -82,7 +82,7 @@ def acquisition_grid(scanner: Scanner, shift_mm: np.ndarray):
     n_slices = int(np.ceil(abs(normal @ extent) / scanner.slice_mm))
     # the corner voxel sits at the FOV end each axis starts from
     start = np.where(row_dir + col_dir + normal > 0, FOV_MM[:, 0], FOV_MM[:, 1])
-    corner = start + (row_dir + col_dir) * scanner.pixel_mm / 2 + normal * scanner.slice_mm / 2 + shift_mm
+    corner = start + (row_dir + col_dir) * scanner.pixel_mm / 2 + normal * scanner.slice_mm / 2
     k, i, j = np.meshgrid(np.arange(n_slices), np.arange(n_rows), np.arange(n_cols), indexing="ij")
     points = (corner + k[..., None] * scanner.slice_mm * normal + i[..., None] * scanner.pixel_mm * col_dir
               + j[..., None] * scanner.pixel_mm * row_dir)
@@ -126,11 +126,11 @@ def write_patient(job: dict) -> int:
     }
     n_files = 0
     patient_dir = out / patient["site"] / _opaque(job["seed"], "patient")
+    points, positions, orientation = acquisition_grid(scanner)
     for v, visit in enumerate(VISITS):
-        shift = shifts[v]
-        points, positions, orientation = acquisition_grid(scanner, shift)
         times = [-30.0] + [scanner.phase_interval_s * (p + 0.5) + 20 for p in range(scanner.n_post)]
-        phases = render_phases(anatomy, points - shift, scanner.pixel_mm, cumulative[v], times,
+        # the scanner's field stays put; the patient lies shifted by shifts[v]
+        phases = render_phases(anatomy, points - shifts[v], scanner.pixel_mm, cumulative[v], times,
                                scanner.gain, scanner.noise_sd, rng)
         date = baseline_date + dt.timedelta(weeks=VISIT_WEEKS[v], days=int(rng.integers(-3, 4)))
         bolus_clock = 9 * 3600 + float(rng.uniform(0, 7 * 3600))
