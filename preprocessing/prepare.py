@@ -65,7 +65,7 @@ def process_visit(visit: Visit, out_stem: Path, options: Options, fallback_centr
     if sidecar.exists():
         record = json.loads(sidecar.read_text())
         if record.get("options") == _jsonable(asdict(options)) and out_stem.with_suffix(".nii.gz").exists():
-            return record | {"resumed": True}
+            return record
     pre, early, late, selection = select_phases(list(visit.phases.values()), options.early_s, options.late_s)
     (s0, geometry), (s1, g1), (s2, g2) = (read_phase(p) for p in (pre, early, late))
     if not (geometry.same_as(g1) and geometry.same_as(g2)):
