@@ -49,9 +49,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    from .parallel import default_workers
     from .prepare import Options, PrepareError, prepare
     from .summary import format_summary, summarize
-    from .synth import default_workers, synthesize
+    from .synth import synthesize
 
     workers = getattr(args, "workers", None) or default_workers()
     try:

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import secrets
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,13 +19,31 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
-from tqdm import tqdm
 
-from .atomic import atomic_path, atomic_write_csv, atomic_write_json, remove_stale_temporaries
+from .atomic import (
+    atomic_path,
+    atomic_write_csv,
+    atomic_write_json,
+    remove_stale_temporaries,
+)
 from .clinical import pseudonym, read_clinical
-from .dicom_index import EARLY_S, LATE_S, Visit, group_visits, scan_headers, select_phases
-from .kinetics import BACKGROUND_FRACTION, MIN_COMPONENT_ML, PE_THRESHOLD, kinetic_maps, largest_component_centroid
-from .volume import GeometryError, read_phase, ras_affine, resample_around
+from .dicom_index import (
+    EARLY_S,
+    LATE_S,
+    Visit,
+    group_visits,
+    scan_headers,
+    select_phases,
+)
+from .kinetics import (
+    BACKGROUND_FRACTION,
+    MIN_COMPONENT_ML,
+    PE_THRESHOLD,
+    kinetic_maps,
+    largest_component_centroid,
+)
+from .parallel import parallel_map
+from .volume import GeometryError, ras_affine, read_phase, resample_around
 
 log = logging.getLogger("preprocessing")
 CHANNELS = ("pe_early", "pe_late", "ftv_mask", "ser")
@@ -116,15 +133,6 @@ def process_patient(job: dict) -> dict:
     return {"id": job["id"], "results": results, "reasons": reasons}
 
 
-def _parallel_map(fn, items, workers, desc, unit):
-    if workers > 1 and len(items) > 1:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
-            yield from tqdm(pool.map(fn, items), total=len(items), desc=desc, unit=unit, disable=None)
-    else:
-        _init_worker()
-        yield from tqdm(map(fn, items), total=len(items), desc=desc, unit=unit, disable=None)
-
-
 def _scan_chunk(args):
     return scan_headers(*args)
 
@@ -137,7 +145,7 @@ def discover(raw: Path, workers: int, patient_tag: str | None):
         raise PrepareError(f"no files under {root}")
     chunks = [(paths[i:i + 500], patient_tag) for i in range(0, len(paths), 500)]
     headers, skipped = [], []
-    for h, s in _parallel_map(_scan_chunk, chunks, workers, "scan", "chunk"):
+    for h, s in parallel_map(_scan_chunk, chunks, workers, "scan", "chunk", _init_worker):
         headers += h
         skipped += s
     if not headers:
@@ -207,7 +215,7 @@ def prepare(raw: Path, out: Path, options: Options = Options(), workers: int = 1
                      "out_dir": str(out / "images" / public_id(pid)), "options": options})
 
     entries = []
-    for result in _parallel_map(process_patient, jobs, workers, "prepare", "patient"):
+    for result in parallel_map(process_patient, jobs, workers, "prepare", "patient", _init_worker):
         pid, results, reasons = result["id"], result["results"], result["reasons"]
         for visit, reason in reasons.items():
             exclusions.append({"id": public_id(pid), "visit": visit, "reason": reason})

@@ -33,7 +33,7 @@ def format_summary(s: dict) -> str:
     lines = [
         f"patients: {s['patients']}   pCR rate: {s['pcr_rate']:.1%}   sites: "
         + ", ".join(f"{k} ({n})" for k, n in s["sites"].items()),
-        f"folds: " + ", ".join(f"{k}: {n}" for k, n in s["folds"].items()),
+        "folds: " + ", ".join(f"{k}: {n}" for k, n in s["folds"].items()),
         f"exclusions: {s['exclusions']} row(s), {s['excluded_patients']} patient(s) (exclusions.csv)",
         "median FTV (mL)   " + "   ".join(f"{v}: pCR {m.get('pCR', float('nan')):.2f} / non-pCR "
                                           f"{m.get('non-pCR', float('nan')):.2f}" for v, m in s["median_ftv_ml"].items()),

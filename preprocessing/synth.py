@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-from tqdm import tqdm
 
 from .atomic import atomic_write_csv
 from .cohort import VISIT_WEEKS, VISITS, sample_cohort
+from .parallel import parallel_map
 from .phantom import FOV_MM, Anatomy, render_phases
 
 SURNAMES = ("ALVAREZ", "BROWN", "CHEN", "DUBOIS", "EKWUEME", "FISCHER", "GARCIA", "HOLM", "IVANOVA")
@@ -229,28 +226,8 @@ def synthesize(out: Path, patients: int = 240, sites: int = 3, seed: int = 0, wo
     out = Path(out)
     clinical, truth, jobs = patient_jobs(out, patients, sites, seed, resolution)
     out.mkdir(parents=True, exist_ok=True)
-    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Serial() as pool:
-        n_files = sum(tqdm(pool.map(write_patient, jobs, chunksize=1), total=len(jobs),
-                           desc="synth", unit="patient", disable=None))
+    n_files = sum(parallel_map(write_patient, jobs, workers, "synth", "patient"))
     # the tables are written last, so a cohort with a clinical.csv is complete
     atomic_write_csv(truth, out / "truth.csv")
     atomic_write_csv(clinical, out / "clinical.csv")
     return {"patients": patients, "sites": sites, "files": n_files, "pCR rate": round(clinical["pCR"].mean(), 3)}
-
-
-class _Serial:
-    """Stand-in for a process pool when ``workers == 1``."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @staticmethod
-    def map(fn, items, chunksize=1):
-        return map(fn, items)
-
-
-def default_workers() -> int:
-    return max(1, min(2, os.cpu_count() or 1))

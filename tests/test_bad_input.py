@@ -7,10 +7,9 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from conftest import dicom_files
 
 from preprocessing.prepare import Options, prepare
-
-from conftest import dicom_files
 
 OPTIONS = Options(size=16, spacing=4.0)
 

@@ -1,8 +1,14 @@
 import numpy as np
 import pytest
 
-from preprocessing.kinetics import (background_mask, ftv_mask, kinetic_maps, largest_component_centroid,
-                                    percent_enhancement, signal_enhancement_ratio)
+from preprocessing.kinetics import (
+    background_mask,
+    ftv_mask,
+    kinetic_maps,
+    largest_component_centroid,
+    percent_enhancement,
+    signal_enhancement_ratio,
+)
 
 
 def test_percent_enhancement_matches_hand_computed_values():

@@ -8,13 +8,12 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from conftest import TINY
 from monai.transforms import EnsureChannelFirstd, LoadImaged
 
 from preprocessing.atomic import TMP_MARK
 from preprocessing.prepare import CHANNELS, Options, prepare
-from preprocessing.synth import patient_jobs
-
-from conftest import TINY
+from preprocessing.synth import patient_anatomy, patient_jobs
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +47,6 @@ def test_tumour_is_found_where_the_phantom_put_it(prepared, tiny_raw):
     """Axial and sagittal sites alike: the T0 FTV centre lies at the true tumour centre."""
     out, _ = prepared
     _, _, jobs = patient_jobs(tiny_raw, **TINY, resolution="demo")
-    from preprocessing.synth import patient_anatomy
-
     for job in jobs:
         anatomy, shifts, _ = patient_anatomy(job)
         record = json.loads((out / "images" / job["patient"]["id"] / "T0.json").read_text())

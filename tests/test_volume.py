@@ -4,7 +4,7 @@ import itk
 import numpy as np
 
 from preprocessing.dicom_index import group_visits, scan_headers
-from preprocessing.volume import phase_geometry, read_phase, resample_around, ras_affine
+from preprocessing.volume import phase_geometry, ras_affine, read_phase, resample_around
 
 
 def test_read_phase_matches_itk_series_reader(tiny_raw):
