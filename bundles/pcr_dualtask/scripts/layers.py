@@ -1,0 +1,67 @@
+"""Network pieces shared by the pCR bundles (identical in each bundle; a test keeps them in step)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import resnet18
+from torch import nn
+
+from .data import AGE_INDEX, CLINICAL_SIZE, SUBTYPE_SIZE
+
+
+class VisitEncoder(nn.Module):
+    """MONAI's 3D ResNet18 applied to each visit of a channel-stacked image.
+
+    ``image`` is (B, V * channels_per_visit, H, W, D); the result is (B, V, dim), one
+    representation per visit from one set of weights. ``widen_factor`` 1 gives the paper's
+    widths (dim 512); the CPU profile uses narrower layers.
+    """
+
+    def __init__(self, channels_per_visit: int = 3, widen_factor: float = 1.0):
+        super().__init__()
+        self.channels_per_visit = channels_per_visit
+        self.resnet = resnet18(spatial_dims=3, n_input_channels=channels_per_visit, feed_forward=False,
+                               widen_factor=widen_factor)
+        self.dim = int(512 * widen_factor)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        batch, channels = image.shape[0], image.shape[1]
+        visits = channels // self.channels_per_visit
+        stacked = image.reshape((batch * visits, self.channels_per_visit) + tuple(image.shape[2:]))
+        return self.resnet(stacked).reshape(batch, visits, self.dim)
+
+
+class ClinicalInput(nn.Module):
+    """Selects the clinical and/or subtype part of the encoded vector and z-scores age.
+
+    The age mean and standard deviation are buffers: set from the training folds when the
+    network is built for training, saved in every checkpoint, and restored at inference.
+    Without a clinical tensor (shape checks, export) the selected parts are zeros.
+    """
+
+    def __init__(self, use_clinical: bool = True, use_subtype: bool = True,
+                 age_stats: Sequence[float] = (0.0, 1.0)):
+        super().__init__()
+        self.use_clinical = use_clinical
+        self.use_subtype = use_subtype
+        self.register_buffer("age_mean", torch.tensor(float(age_stats[0])))
+        self.register_buffer("age_std", torch.tensor(float(age_stats[1])))
+        self.sizes = [CLINICAL_SIZE] * int(use_clinical) + [SUBTYPE_SIZE] * int(use_subtype)
+
+    @property
+    def out_features(self) -> int:
+        return sum(self.sizes)
+
+    def forward(self, clinical: torch.Tensor | None, batch: int, device: torch.device) -> list[torch.Tensor]:
+        if clinical is None:
+            return [torch.zeros(batch, size, device=device) for size in self.sizes]
+        age = (clinical[:, AGE_INDEX:AGE_INDEX + 1] - self.age_mean) / self.age_std
+        clinical = torch.cat([clinical[:, :AGE_INDEX], age, clinical[:, AGE_INDEX + 1:]], dim=1)
+        parts = []
+        if self.use_clinical:
+            parts.append(clinical[:, :CLINICAL_SIZE])
+        if self.use_subtype:
+            parts.append(clinical[:, CLINICAL_SIZE:CLINICAL_SIZE + SUBTYPE_SIZE])
+        return parts
