@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import List, Optional
 
 import torch
 from monai.networks.nets import resnet18
@@ -27,9 +28,9 @@ class VisitEncoder(nn.Module):
         self.dim = int(512 * widen_factor)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        batch, channels = image.shape[0], image.shape[1]
-        visits = channels // self.channels_per_visit
-        stacked = image.reshape((batch * visits, self.channels_per_visit) + tuple(image.shape[2:]))
+        batch = image.shape[0]
+        visits = image.shape[1] // self.channels_per_visit
+        stacked = image.reshape([batch * visits, self.channels_per_visit] + list(image.shape[2:]))
         return self.resnet(stacked).reshape(batch, visits, self.dim)
 
 
@@ -48,20 +49,19 @@ class ClinicalInput(nn.Module):
         self.use_subtype = use_subtype
         self.register_buffer("age_mean", torch.tensor(float(age_stats[0])))
         self.register_buffer("age_std", torch.tensor(float(age_stats[1])))
+        self.age_index, self.clinical_size, self.subtype_size = AGE_INDEX, CLINICAL_SIZE, SUBTYPE_SIZE
         self.sizes = [CLINICAL_SIZE] * int(use_clinical) + [SUBTYPE_SIZE] * int(use_subtype)
+        self.out_features = sum(self.sizes)
 
-    @property
-    def out_features(self) -> int:
-        return sum(self.sizes)
-
-    def forward(self, clinical: torch.Tensor | None, batch: int, device: torch.device) -> list[torch.Tensor]:
+    def forward(self, clinical: Optional[torch.Tensor], batch: int, device: torch.device) -> List[torch.Tensor]:
         if clinical is None:
             return [torch.zeros(batch, size, device=device) for size in self.sizes]
-        age = (clinical[:, AGE_INDEX:AGE_INDEX + 1] - self.age_mean) / self.age_std
-        clinical = torch.cat([clinical[:, :AGE_INDEX], age, clinical[:, AGE_INDEX + 1:]], dim=1)
-        parts = []
+        i = self.age_index
+        age = (clinical[:, i:i + 1] - self.age_mean) / self.age_std
+        clinical = torch.cat([clinical[:, :i], age, clinical[:, i + 1:]], dim=1)
+        parts: List[torch.Tensor] = []
         if self.use_clinical:
-            parts.append(clinical[:, :CLINICAL_SIZE])
+            parts.append(clinical[:, :self.clinical_size])
         if self.use_subtype:
-            parts.append(clinical[:, CLINICAL_SIZE:CLINICAL_SIZE + SUBTYPE_SIZE])
+            parts.append(clinical[:, self.clinical_size:self.clinical_size + self.subtype_size])
         return parts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import nn
@@ -29,7 +30,7 @@ class DualTaskNet(nn.Module):
         self.clinical = ClinicalInput(use_clinical, use_subtype, age_stats)
         self.head = nn.Linear(dim + self.clinical.out_features, 1)
 
-    def forward(self, image: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, clinical: Optional[torch.Tensor] = None) -> torch.Tensor:
         early = self.encoder(image)
         predicted, _ = self.predictor(early)
         predicted_t2 = predicted[:, -1]

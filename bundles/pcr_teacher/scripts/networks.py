@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ class PCRTeacher(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(dim + self.clinical.out_features, 1)
 
-    def forward(self, image: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, clinical: Optional[torch.Tensor] = None) -> torch.Tensor:
         sequence, _ = self.lstm(self.encoder(image))
         parts = [sequence[:, -1]] + self.clinical(clinical, image.shape[0], image.device)
         return self.head(torch.cat([self.dropout(p) for p in parts], dim=1))
