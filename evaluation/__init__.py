@@ -1,0 +1,1 @@
+"""Evaluation of the pCR bundles: train/validation/test and nested cross-validation drivers."""

@@ -1,0 +1,61 @@
+"""The compared methods of Jing & Wang (sections 2.5-2.6) as bundle + override files.
+
+A method names the bundle it trains, the override files applied when training and when
+testing, and (stage 2 only) the override files of the stage-1 teacher it learns from. Methods
+that share a trained model (the teacher tested on T0-T2, Conventional #2 = the same model
+tested on T0-T1) are trained once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
+TEACHER, DUALTASK = "pcr_teacher", "pcr_dualtask"
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    bundle: str
+    train: tuple[str, ...] = ()
+    test: tuple[str, ...] = ()
+    teacher: tuple[str, ...] | None = None  # override files of the stage-1 teacher (stage 2 only)
+
+    @property
+    def model_key(self) -> str:
+        """Name of the trained model this method uses (shared by methods that share a model)."""
+        return model_key(self.bundle, self.train, self.teacher)
+
+
+def model_key(bundle: str, train: tuple[str, ...], teacher: tuple[str, ...] | None = None) -> str:
+    key = "+".join((bundle,) + train)
+    if teacher is not None:
+        key += "__teacher" + "".join("+" + t for t in teacher)
+    return key
+
+
+METHODS = {m.name: m for m in (
+    Method("dualtask", "2-stage dual-task: T0+T1+clinical+subtypes", DUALTASK, teacher=()),
+    Method("dualtask_no_clinical_subtype", "2-stage dual-task without clinical & subtypes", DUALTASK,
+           ("no_clinical_subtype",), teacher=("no_clinical_subtype",)),
+    Method("dualtask_no_clinical", "2-stage dual-task without clinical", DUALTASK, ("no_clinical",),
+           teacher=("no_clinical",)),
+    Method("dualtask_no_subtype", "2-stage dual-task without subtypes", DUALTASK, ("no_subtype",),
+           teacher=("no_subtype",)),
+    Method("dualtask_t0", "2-stage dual-task: T0+clinical+subtypes", DUALTASK, ("t0_only",), teacher=()),
+    Method("dualtask_t1", "2-stage dual-task: T1+clinical+subtypes", DUALTASK, ("t1_only",), teacher=()),
+    Method("conv1", "Conventional #1: trained and tested on T0+T1", TEACHER, ("t0_t1",), ("t0_t1",)),
+    Method("conv2", "Conventional #2: trained on T0+T1+T2, tested on T0+T1", TEACHER, (), ("t0_t1",)),
+    Method("teacher", "Stage-1 teacher: T0+T1+T2 (late-information reference)", TEACHER),
+)}
+
+
+def parse_methods(text: str) -> list[Method]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names:
+        raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}")
+    return [METHODS[n] for n in names]

@@ -1,0 +1,108 @@
+"""Runs the bundles' own configs (``python -m monai.bundle run``) for one data split.
+
+Each bundle run is a child process, exactly as a user would start it, so the two bundles'
+``scripts`` packages never meet in one interpreter. A finished training leaves ``trained.json``
+beside its checkpoint; a rerun reuses it (an interrupted training is started again).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .methods import BUNDLES, TEACHER, Method, model_key
+
+PROFILES = {"cpu": ("profile_cpu",), "gpu": ()}
+
+
+class BundleRunError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Split:
+    val_fold: int
+    test_fold: int
+
+    @property
+    def name(self) -> str:
+        return f"test{self.test_fold}_val{self.val_fold}"
+
+
+@dataclass
+class Runner:
+    data: Path
+    out: Path
+    profile: str = "cpu"
+    epochs: int | None = None
+    seed: int = 0
+
+    def run_bundle(self, bundle: str, configs: tuple[str, ...], log: Path, **overrides) -> None:
+        """``python -m monai.bundle run`` with the bundle's configs + profile + override files."""
+        root = BUNDLES / bundle
+        files = [str(root / "configs" / f"{name}.json") for name in
+                 configs[:1] + PROFILES[self.profile] + configs[1:]]
+        overrides.setdefault("dataset_dir", str(self.data))
+        overrides.setdefault("seed", self.seed)
+        if self.epochs is not None:
+            overrides.setdefault("epochs", self.epochs)
+        command = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(root),
+                   "--config_file", repr(files), "--meta_file", str(root / "configs" / "metadata.json"),
+                   "--logging_file", str(root / "configs" / "logging.conf")]
+        for key, value in overrides.items():
+            command += [f"--{key}", str(value)]
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as stream:
+            stream.write(" ".join(command) + "\n")
+            stream.flush()
+            done = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, env=dict(os.environ, TQDM_DISABLE="1"))
+        if done.returncode != 0:
+            tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
+            raise BundleRunError(f"{bundle} {' + '.join(configs)} failed (exit {done.returncode}): {tail[0]} "
+                                 f"-- full log: {log}")
+
+    def model_dir(self, key: str, split: Split) -> Path:
+        return self.out / "models" / key / split.name
+
+    def train(self, bundle: str, train: tuple[str, ...], split: Split, teacher: tuple[str, ...] | None = None) -> Path:
+        """Train (or reuse) one model on ``split``; stage 2 first trains and exports its teacher."""
+        run_dir = self.model_dir(model_key(bundle, train, teacher), split)
+        marker = run_dir / "trained.json"
+        if marker.is_file():
+            return run_dir
+        overrides = dict(ckpt_dir=run_dir / "models", output_dir=run_dir / "eval", val_fold=split.val_fold,
+                         test_fold=split.test_fold)
+        if teacher is not None:
+            overrides["teacher_features"] = self.export_teacher(teacher, split)
+        self.run_bundle(bundle, ("train",) + train, run_dir / "train.log", **overrides)
+        marker.write_text(json.dumps({"bundle": bundle, "overrides": list(train), "split": split.name}) + "\n")
+        return run_dir
+
+    def export_teacher(self, teacher: tuple[str, ...], split: Split) -> Path:
+        """T2 representations of the split's training and validation patients from a teacher
+        trained on exactly this split (the test fold never reaches it)."""
+        run_dir = self.train(TEACHER, teacher, split)
+        features = run_dir / "models" / "teacher_features.csv"
+        if not features.is_file():
+            self.run_bundle(TEACHER, ("train",) + teacher + ("export",), run_dir / "export.log",
+                            ckpt_dir=run_dir / "models", output_dir=run_dir / "eval", val_fold=split.val_fold,
+                            test_fold=split.test_fold, teacher_features=features)
+        return features
+
+    def predict(self, method: Method, split: Split, folds: list[int]) -> pd.DataFrame:
+        """``id, probability, label`` of the patients in ``folds`` from the method's model on ``split``."""
+        run_dir = self.train(method.bundle, method.train, split, method.teacher)
+        out_dir = run_dir / "eval" / method.name
+        overrides = dict(ckpt_dir=run_dir / "models", output_dir=out_dir, val_fold=split.val_fold,
+                         test_fold=split.test_fold, eval_folds=repr(list(folds)))
+        if method.teacher is not None:
+            overrides["teacher_features"] = self.export_teacher(method.teacher, split)
+        self.run_bundle(method.bundle, ("train",) + method.train + ("evaluate",) + method.test,
+                        out_dir / "evaluate.log", **overrides)
+        return pd.read_csv(out_dir / "predictions.csv", dtype={"id": str})
