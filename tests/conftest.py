@@ -34,3 +34,50 @@ def dicom_files(raw: Path, patient: str, visit: str | None = None) -> list[Path]
         if ds.ClinicalTrialSubjectID == patient and (visit is None or ds.ClinicalTrialTimePointID == visit):
             found.append(path)
     return found
+
+
+# A prepared cohort in the form `python -m preprocessing prepare` writes, built directly from
+# random volumes (no DICOM), small enough for 1-epoch bundle runs: 3 folds x 6 patients, 16^3.
+FAKE_FOLDS, FAKE_PER_FOLD, FAKE_SIZE = 3, 6, 16
+
+
+def write_fake_prepared(root: Path, seed: int = 0) -> Path:
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    races = ("American Indian or Alaska Native", "Asian", "Black or African American",
+             "Native Hawaiian or Other Pacific Islander", "White")
+    agents = ("abt888", "amg386", "carboplatin", "ganetespib", "ganitumab", "mk2206", "neratinib",
+              "paclitaxel", "pembrolizumab", "pertuzumab", "tdm1", "trastuzumab")
+    entries = []
+    for n in range(FAKE_FOLDS * FAKE_PER_FOLD):
+        pid, label = f"FAKE{n:03d}", n % 2
+        entry = {"id": pid, "site": f"S0{n % 3 + 1}", "label": label, "fold": n // FAKE_PER_FOLD}
+        for visit in ("T0", "T1", "T2"):
+            volume = rng.normal(20, 30, (FAKE_SIZE,) * 3 + (4,)).astype(np.float32)
+            volume[..., 2] = 0
+            volume[6:10, 6:10, 6:10, 2] = 1
+            rel = f"images/{pid}/{visit}.nii.gz"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(volume, np.diag([-2.0, -2.0, 2.0, 1.0])), root / rel)
+            entry[visit] = rel
+        clinical = {f"agent_{a}": int(a == "paclitaxel" or (a == "pembrolizumab" and n % 3 == 0)) for a in agents}
+        clinical.update(age=int(30 + 2 * n), race=races[n % 5],
+                        ethnicity=("Hispanic or Latino", "Not Hispanic or Latino")[n % 2],
+                        BluePrint=("Basal", "HER2", "Luminal")[n % 3], HR=n % 2, HER2=(n // 2) % 2,
+                        MammaPrint=1, DRD=n % 3 == 0, immune=0)
+        clinical["DRD"] = int(clinical["DRD"])
+        entry["clinical"] = clinical
+        entries.append(entry)
+    datalist = {"channels": ["pe_early", "pe_late", "ftv_mask", "ser"], "visits": ["T0", "T1", "T2"],
+                "num_folds": FAKE_FOLDS, "numTraining": len(entries), "training": entries}
+    (root / "datalist.json").write_text(json.dumps(datalist, indent=1))
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_prepared(tmp_path_factory) -> Path:
+    return write_fake_prepared(tmp_path_factory.mktemp("prepared"))

@@ -1,0 +1,203 @@
+"""Networks, losses, clinical encoding and the teacher-leakage guard of the two pCR bundles."""
+
+from __future__ import annotations
+
+import ast
+import filecmp
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bundle_utils import BUNDLES, SHARED_SCRIPTS, bundle_scripts, merged_config
+
+RECORD = {
+    **{f"agent_{a}": 0 for a in ("abt888", "amg386", "carboplatin", "ganetespib", "ganitumab", "mk2206",
+                                 "neratinib", "pembrolizumab", "pertuzumab", "tdm1")},
+    "agent_paclitaxel": 1, "agent_trastuzumab": 1, "age": 41, "race": "Asian", "ethnicity": "Hispanic or Latino",
+    "BluePrint": "HER2", "HR": 0, "HER2": 1, "MammaPrint": 1, "DRD": 0, "immune": 1,
+}
+
+
+def test_shared_scripts_identical_in_both_bundles():
+    for name in SHARED_SCRIPTS:
+        assert filecmp.cmp(BUNDLES / "pcr_teacher/scripts" / name, BUNDLES / "pcr_dualtask/scripts" / name,
+                           shallow=False), f"scripts/{name} differs between the bundles"
+
+
+@pytest.mark.parametrize("bundle", ["pcr_teacher", "pcr_dualtask"])
+def test_bundle_scripts_import_no_project_package(bundle):
+    for path in (BUNDLES / bundle / "scripts").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            assert not any(n.split(".")[0] in ("preprocessing", "evaluation", "fl_jobs") for n in names), path
+
+
+def test_clinical_encoding_follows_table_1():
+    with bundle_scripts("pcr_teacher") as s:
+        vector = s.data.encode_clinical("P1", RECORD)
+    assert vector.shape == (28,) and vector.dtype == np.float32
+    assert vector[:12].tolist() == [0] * 7 + [1, 0, 0, 0, 1]  # multi-hot: paclitaxel, trastuzumab
+    assert vector[12] == 41  # raw age: z-scored inside the network
+    assert vector[13:18].tolist() == [0, 1, 0, 0, 0] and vector[18:20].tolist() == [1, 0]
+    assert vector[20:25].tolist() == [1, 0, 0, 1, 0]  # HR, HER2, MP, DRD, immune: positive 0, negative 1
+    assert vector[25:28].tolist() == [0, 1, 0]
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("race", "Martian", "patient P1: clinical field 'race' has unknown value 'Martian'"),
+    ("HER2", 2, "patient P1: clinical field 'HER2' must be 0 or 1"),
+    ("age", None, "patient P1: clinical field 'age' is missing"),
+])
+def test_clinical_encoding_rejects_bad_values(field, value, message):
+    with bundle_scripts("pcr_teacher") as s, pytest.raises(ValueError, match=message):
+        s.data.encode_clinical("P1", {**RECORD, field: value})
+
+
+def test_age_is_z_scored_with_the_statistics_the_network_was_built_with():
+    with bundle_scripts("pcr_teacher") as s:
+        items = [{"clinical": s.data.encode_clinical("P", {**RECORD, "age": a})} for a in (30, 40, 50)]
+        mean, std = s.data.age_statistics(items)
+        assert (mean, std) == pytest.approx((40.0, np.std([30, 40, 50])))
+        clinical_input = s.layers.ClinicalInput(age_stats=(mean, std))
+        batch = torch.as_tensor(np.stack([i["clinical"] for i in items]))
+        ages = clinical_input(batch, 3, torch.device("cpu"))[0][:, 12]
+        assert ages.tolist() == pytest.approx(((np.array([30, 40, 50]) - mean) / std).tolist(), abs=1e-6)
+        # the statistics are buffers: saved with the model and restored into a default-built one
+        trained = s.networks.PCRTeacher(widen_factor=0.0625, age_stats=(mean, std))
+        restored = s.networks.PCRTeacher(widen_factor=0.0625)
+        restored.load_state_dict(trained.state_dict())
+        assert float(restored.clinical.age_mean) == pytest.approx(mean)
+        assert float(restored.clinical.age_std) == pytest.approx(std)
+
+
+def test_class_balanced_weights():
+    with bundle_scripts("pcr_teacher") as s:
+        items = [{"label": np.float32([y])} for y in (0, 0, 0, 1)]
+        assert s.data.class_balanced_weights(items) == pytest.approx([1 / 3] * 3 + [1.0])
+        with pytest.raises(ValueError, match="all of one class"):
+            s.data.class_balanced_weights(items[:3])
+
+
+TEACHER_VARIANTS = [(), ("t0_t1",), ("no_clinical",), ("no_subtype",), ("no_clinical_subtype",)]
+DUALTASK_VARIANTS = [(), ("t0_only",), ("t1_only",), ("no_clinical",), ("no_subtype",), ("no_clinical_subtype",)]
+
+
+def _network(s, parser, cls):
+    args = {k: parser[k] for k in ("channels", "widen_factor", "use_clinical", "use_subtype")}
+    args["channels_per_visit"] = args.pop("channels")
+    args["widen_factor"] = 0.0625
+    return cls(**args)
+
+
+@pytest.mark.parametrize("overrides", TEACHER_VARIANTS)
+def test_teacher_output_shape_for_every_variant(overrides):
+    parser = merged_config("pcr_teacher", *overrides)
+    with bundle_scripts("pcr_teacher") as s:
+        net = _network(s, parser, s.networks.PCRTeacher).eval()
+        visits = len(parser["visits"])
+        image, clinical = torch.rand(2, 3 * visits, 16, 16, 16), torch.rand(2, 28)
+        assert net(image, clinical).shape == (2, 1)
+        assert net(image).shape == (2, 1)  # clinical input is optional
+        expected = 32 + 20 * parser["use_clinical"] + 8 * parser["use_subtype"]
+        assert net.head.in_features == expected
+        # T0-T2 model tested on T0-T1 (Conventional #2): the LSTM takes any number of visits
+        assert net(image[:, :6], clinical).shape == (2, 1)
+
+
+@pytest.mark.parametrize("overrides", DUALTASK_VARIANTS)
+def test_dualtask_output_shape_for_every_variant(overrides):
+    parser = merged_config("pcr_dualtask", *overrides)
+    with bundle_scripts("pcr_dualtask") as s:
+        net = _network(s, parser, s.networks.DualTaskNet).eval()
+        visits = len(parser["visits"])
+        assert "T2" not in parser["visits"]
+        out = net(torch.rand(2, 3 * visits, 16, 16, 16), torch.rand(2, 28))
+        assert out.shape == (2, 1 + 32)
+        assert (out[:, 1:] >= 0).all()  # ReLU RNN, like the teacher's ReLU/avg-pooled representation
+        assert not any(isinstance(m, torch.nn.Dropout) for m in net.modules())
+        assert net.head.in_features == 32 + 20 * parser["use_clinical"] + 8 * parser["use_subtype"]
+
+
+def test_dualtask_loss_is_bce_plus_weighted_mse():
+    with bundle_scripts("pcr_dualtask") as s:
+        torch.manual_seed(0)
+        pred, target = torch.randn(4, 9), torch.rand(4, 9)
+        target[:, 0] = torch.tensor([0.0, 1.0, 1.0, 0.0])
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(pred[:, 0], target[:, 0])
+        mse = ((pred[:, 1:] - target[:, 1:]) ** 2).mean()
+        for weight in (0.0, 1.0, 2.5):
+            assert s.dual_task.DualTaskLoss(weight)(pred, target).item() == pytest.approx((bce + weight * mse).item(), rel=1e-6)
+        with pytest.raises(ValueError, match="teacher representation size"):
+            s.dual_task.DualTaskLoss()(pred, target[:, :5])
+
+
+def test_prepare_batch_builds_label_plus_teacher_target():
+    with bundle_scripts("pcr_dualtask") as s:
+        batch = {"image": torch.rand(2, 6, 4, 4, 4), "label": torch.tensor([[1.0], [0.0]]),
+                 "clinical": torch.rand(2, 28), "teacher": torch.rand(2, 5)}
+        image, target, args, kwargs = s.dual_task.PrepareBatchDualTask()(batch)
+        assert target.shape == (2, 6) and torch.equal(target[:, 0], batch["label"][:, 0])
+        assert torch.equal(target[:, 1:], batch["teacher"]) and torch.equal(args[0], batch["clinical"])
+
+
+def _features(tmp_path, entries, s, **sidecar):
+    path = tmp_path / "features.csv"
+    rows = [{"id": e["id"], "f0": 0.5, "f1": 1.5} for e in entries]
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(path, index=False)
+    meta = {"fold_digest": s.data.fold_digest(entries), "train_folds": [0], "val_fold": 1, "test_fold": 2}
+    meta.update(sidecar)
+    (tmp_path / "features.csv.json").write_text(json.dumps(meta))
+    return str(path)
+
+
+def test_teacher_targets_attached_to_training_patients(tmp_path, fake_prepared):
+    with bundle_scripts("pcr_dualtask") as s:
+        entries = s.data.load_datalist(str(fake_prepared))
+        items = s.data.select(entries, ["T0", "T1"], [0])
+        path = _features(tmp_path, [e for e in entries if e["fold"] in (0, 1)], s)
+        with pytest.raises(ValueError, match="different cohort"):
+            s.dual_task.attach_teacher_targets(items, path, entries, 1, 2)
+        path = _features(tmp_path, entries, s)
+        targets = s.dual_task.attach_teacher_targets(items, path, entries, 1, 2)
+        assert [t["teacher"].tolist() for t in targets] == [[0.5, 1.5]] * len(items)
+
+
+@pytest.mark.parametrize("sidecar,message", [
+    ({"train_folds": [0, 2]}, "trained or validated on fold 2, this run's test fold"),
+    ({"val_fold": 2}, "trained or validated on fold 2, this run's test fold"),
+    ({"train_folds": [0, 1], "val_fold": 2}, "this run's test fold"),
+    ({"train_folds": [0, 1], "val_fold": 0}, "trained on fold 1, this run's validation fold"),
+])
+def test_teacher_that_saw_held_out_patients_is_refused(tmp_path, fake_prepared, sidecar, message):
+    with bundle_scripts("pcr_dualtask") as s:
+        entries = s.data.load_datalist(str(fake_prepared))
+        path = _features(tmp_path, entries, s, **sidecar)
+        with pytest.raises(ValueError, match=message):
+            s.dual_task.attach_teacher_targets(s.data.select(entries, ["T0", "T1"], [0]), path, entries, 1, 2)
+
+
+def test_missing_teacher_representation_names_the_patient(tmp_path, fake_prepared):
+    with bundle_scripts("pcr_dualtask") as s:
+        entries = s.data.load_datalist(str(fake_prepared))
+        path = _features(tmp_path, entries, s)
+        table = (tmp_path / "features.csv").read_text().splitlines()
+        (tmp_path / "features.csv").write_text("\n".join(table[:2]) + "\n")  # keep only the first patient
+        with pytest.raises(ValueError, match="patient FAKE001: no teacher representation"):
+            s.dual_task.attach_teacher_targets(s.data.select(entries, ["T0", "T1"], [0]), path, entries, 1, 2)
+
+
+def test_select_reports_missing_visit_and_empty_folds(fake_prepared):
+    with bundle_scripts("pcr_teacher") as s:
+        entries = s.data.load_datalist(str(fake_prepared))
+        broken = [dict(e, T1=None) if e["id"] == "FAKE003" else e for e in entries]
+        with pytest.raises(ValueError, match="patient FAKE003: no image for visit"):
+            s.data.select(broken, ["T0", "T1"], [0])
+        with pytest.raises(ValueError, match=r"no patient in fold\(s\) \[7\]"):
+            s.data.select(entries, ["T0"], [7])
+        with pytest.raises(FileNotFoundError, match="datalist.json: not found"):
+            s.data.load_datalist(str(fake_prepared / "images"))
