@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,6 +24,14 @@ PROFILES = {"cpu": ("profile_cpu",), "gpu": ()}
 
 class BundleRunError(RuntimeError):
     pass
+
+
+def root_cause(log_text: str) -> str:
+    """The first exception line of a log: MONAI wraps a config error in further RuntimeErrors,
+    so the innermost (first printed) exception names the real problem."""
+    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+    causes = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    return (causes or lines or ["(no output)"])[0]
 
 
 @dataclass(frozen=True)
@@ -63,9 +72,8 @@ class Runner:
             stream.flush()
             done = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, env=dict(os.environ, TQDM_DISABLE="1"))
         if done.returncode != 0:
-            tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
-            raise BundleRunError(f"{bundle} {' + '.join(configs)} failed (exit {done.returncode}): {tail[0]} "
-                                 f"-- full log: {log}")
+            raise BundleRunError(f"{bundle} {' + '.join(configs)} failed (exit {done.returncode}): "
+                                 f"{root_cause(log.read_text())} -- full log: {log}")
 
     def model_dir(self, key: str, split: Split) -> Path:
         return self.out / "models" / key / split.name
