@@ -12,7 +12,7 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -51,12 +51,14 @@ class Runner:
     profile: str = "cpu"
     epochs: int | None = None
     seed: int = 0
+    overrides: dict = field(default_factory=dict)  # config keys set in every run
 
     def run_bundle(self, bundle: str, configs: tuple[str, ...], log: Path, **overrides) -> None:
         """``python -m monai.bundle run`` with the bundle's configs + profile + override files."""
         root = BUNDLES / bundle
         files = [str(root / "configs" / f"{name}.json") for name in
                  configs[:1] + PROFILES[self.profile] + configs[1:]]
+        overrides = {**self.overrides, **overrides}
         overrides.setdefault("dataset_dir", str(self.data))
         overrides.setdefault("seed", self.seed)
         if self.epochs is not None:

@@ -1,0 +1,82 @@
+"""Nested cross-validation over the bundles: soft voting, teacher per inner split, outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from evaluation.__main__ import main
+from evaluation.cv import auroc_table, nested_cv
+from evaluation.methods import METHODS, parse_methods
+from evaluation.runner import Runner, Split
+
+FAST = dict(widen_factor=0.0625, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def cv_run(tmp_path_factory, fake_prepared):
+    """1 outer fold x 2 inner splits of the 3-fold fake cohort, dual-task and Conventional #2."""
+    runner = Runner(fake_prepared, tmp_path_factory.mktemp("cv"), "cpu", epochs=1, overrides=FAST)
+    methods = parse_methods("dualtask,conv2")
+    return runner, methods, nested_cv(runner, methods, outer_folds=[0])
+
+
+def _fold_ids(prepared, folds):
+    entries = json.loads((prepared / "datalist.json").read_text())["training"]
+    return sorted(e["id"] for e in entries if e["fold"] in folds)
+
+
+def test_out_of_fold_predictions_are_the_soft_vote_of_the_inner_models(cv_run, fake_prepared):
+    runner, _, results = cv_run
+    written = pd.read_csv(runner.out / "predictions_dualtask.csv", dtype={"id": str})
+    assert list(written.columns) == ["id", "outer_fold", "method", "probability", "label"]
+    assert sorted(written["id"]) == _fold_ids(fake_prepared, [0]) and set(written["outer_fold"]) == {0}
+    inner = [pd.read_csv(runner.model_dir(METHODS["dualtask"].model_key, Split(v, 0)) / "eval" / "dualtask" /
+                         "predictions.csv", dtype={"id": str}) for v in (1, 2)]
+    vote = pd.concat(inner).groupby("id")["probability"].mean()
+    assert written.set_index("id")["probability"].to_dict() == pytest.approx(vote.to_dict())
+    assert len(results["conv2"]) == len(written)
+
+
+def test_every_inner_split_uses_a_teacher_trained_on_its_own_training_folds(cv_run, fake_prepared):
+    runner, _, _ = cv_run
+    teachers = sorted((runner.out / "models").glob("pcr_teacher/*"))
+    assert [t.name for t in teachers] == ["test0_val1", "test0_val2"]  # one teacher per split, shared by conv2
+    for val, train in ((1, [2]), (2, [1])):
+        features = runner.model_dir("pcr_teacher", Split(val, 0)) / "models" / "teacher_features.csv"
+        sidecar = json.loads(features.with_name(features.name + ".json").read_text())
+        assert (sidecar["train_folds"], sidecar["val_fold"], sidecar["test_fold"]) == (train, val, 0)
+        ids = set(pd.read_csv(features, dtype={"id": str})["id"])
+        assert ids == set(_fold_ids(fake_prepared, [1, 2])) and not ids & set(_fold_ids(fake_prepared, [0]))
+        log = (runner.model_dir(METHODS["dualtask"].model_key, Split(val, 0)) / "train.log").read_text()
+        assert str(features) in log.splitlines()[0]  # the stage-2 run was given this split's teacher
+
+
+def test_rerun_reuses_trained_models(cv_run):
+    runner, methods, _ = cv_run
+    markers = sorted(runner.out.rglob("trained.json"))
+    stamps = [m.stat().st_mtime_ns for m in markers]
+    runner.train(methods[0].bundle, methods[0].train, Split(1, 0), methods[0].teacher)
+    assert [m.stat().st_mtime_ns for m in markers] == stamps
+
+
+def test_auroc_table_with_oracle(cv_run, tmp_path):
+    _, methods, results = cv_run
+    ids = results["dualtask"]["id"]
+    truth = pd.DataFrame({"id": ids, "p_clinical": 0.5, "p_t0": 0.5, "p_t0_t1": results["dualtask"]["label"],
+                          "p_t0_t2": 0.5})
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    table = auroc_table(results, methods, tmp_path / "truth.csv")
+    assert "oracle p_t0_t1" in table and "1.000" in table and table.splitlines()[1].startswith("dualtask")
+    truth.iloc[1:].to_csv(tmp_path / "truth.csv", index=False)
+    with pytest.raises(ValueError, match="no oracle row for 1 test patient"):
+        auroc_table(results, methods, tmp_path / "truth.csv")
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert main(["cv", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "missing/datalist.json: not found" in capsys.readouterr().err
+    assert main(["cv", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--method", "dualtask,magic"]) == 2
+    assert "unknown method(s) magic" in capsys.readouterr().err
