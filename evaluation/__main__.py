@@ -33,7 +33,19 @@ def main(argv: list[str] | None = None) -> int:
     split = sub.add_parser("holdout", parents=[common], help="one train/validation/test split")
     split.add_argument("--val-fold", type=int, default=3)
     split.add_argument("--test-fold", type=int, default=4)
+    bench = sub.add_parser("bench", help="bundle trainer vs hand-written loop; inference latency; peak memory")
+    bench.add_argument("--data", type=Path, required=True, help="prepared cohort (datalist.json)")
+    bench.add_argument("--bundle", choices=("pcr_teacher", "pcr_dualtask"), default="pcr_teacher")
+    bench.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
+    bench.add_argument("--epochs", type=int, default=2, help="epochs per timed round")
+    bench.add_argument("--rounds", type=int, default=3)
+    bench.add_argument("--teacher-features", type=Path, default=None, help="pcr_dualtask: teacher representations")
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        from .bench import bench as run_bench
+
+        print(run_bench(args.data.resolve(), args.bundle, args.profile, args.epochs, args.rounds, args.teacher_features))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     default = "dualtask,conv1,conv2,teacher" if args.command == "holdout" else "dualtask"
