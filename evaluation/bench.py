@@ -63,11 +63,14 @@ def manual_epochs(parser: ConfigParser, epochs: int) -> float:
 
 def trainer_epochs(parser: ConfigParser, epochs: int) -> float:
     trainer = parser.get_parsed_content("train#trainer")
-    trainer.state.max_epochs = epochs
+    trainer.state.epoch, trainer.state.iteration, trainer.state.max_epochs = 0, 0, epochs  # a fresh run
     start = time.perf_counter()
     trainer.run()
     _sync(parser.get_parsed_content("device"))
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    if trainer.state.iteration != epochs * len(trainer.data_loader):
+        raise RuntimeError(f"trainer ran {trainer.state.iteration} iterations, expected {epochs} epochs")
+    return elapsed
 
 
 def bench(data: Path, bundle: str, profile: str, epochs: int, rounds: int, teacher_features: Path | None) -> str:

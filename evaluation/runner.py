@@ -2,17 +2,21 @@
 
 Each bundle run is a child process, exactly as a user would start it, so the two bundles'
 ``scripts`` packages never meet in one interpreter. A finished training leaves ``trained.json``
-beside its checkpoint; a rerun reuses it (an interrupted training is started again).
+beside its checkpoint; a rerun with the same cohort and settings reuses it (an interrupted or
+differently configured training is started again).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -53,6 +57,11 @@ class Runner:
     seed: int = 0
     overrides: dict = field(default_factory=dict)  # config keys set in every run
 
+    @cached_property
+    def cohort(self) -> str:
+        """Digest of the datalist: a trained model is reused only for the same cohort and folds."""
+        return hashlib.sha256((self.data / "datalist.json").read_bytes()).hexdigest()[:16]
+
     def run_bundle(self, bundle: str, configs: tuple[str, ...], log: Path, **overrides) -> None:
         """``python -m monai.bundle run`` with the bundle's configs + profile + override files."""
         root = BUNDLES / bundle
@@ -84,14 +93,17 @@ class Runner:
         """Train (or reuse) one model on ``split``; stage 2 first trains and exports its teacher."""
         run_dir = self.model_dir(model_key(bundle, train, teacher), split)
         marker = run_dir / "trained.json"
-        if marker.is_file():
+        record = {"bundle": bundle, "overrides": list(train), "split": split.name, "cohort": self.cohort,
+                  "profile": self.profile, "epochs": self.epochs, "seed": self.seed, "config": self.overrides}
+        if marker.is_file() and json.loads(marker.read_text()) == json.loads(json.dumps(record, default=str)):
             return run_dir
+        shutil.rmtree(run_dir, ignore_errors=True)  # no checkpoint or export of another setting survives
         overrides = dict(ckpt_dir=run_dir / "models", output_dir=run_dir / "eval", val_fold=split.val_fold,
                          test_fold=split.test_fold)
         if teacher is not None:
             overrides["teacher_features"] = self.export_teacher(teacher, split)
         self.run_bundle(bundle, ("train",) + train, run_dir / "train.log", **overrides)
-        marker.write_text(json.dumps({"bundle": bundle, "overrides": list(train), "split": split.name}) + "\n")
+        marker.write_text(json.dumps(record, default=str) + "\n")
         return run_dir
 
     def export_teacher(self, teacher: tuple[str, ...], split: Split) -> Path:

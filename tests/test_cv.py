@@ -60,6 +60,11 @@ def test_rerun_reuses_trained_models(cv_run):
     stamps = [m.stat().st_mtime_ns for m in markers]
     runner.train(methods[0].bundle, methods[0].train, Split(1, 0), methods[0].teacher)
     assert [m.stat().st_mtime_ns for m in markers] == stamps
+    # another setting (here the seed) trains afresh instead of reusing a model trained differently
+    reseeded = Runner(runner.data, runner.out, runner.profile, runner.epochs, seed=1, overrides=runner.overrides)
+    teacher_dir = reseeded.train("pcr_teacher", (), Split(1, 0))
+    assert json.loads((teacher_dir / "trained.json").read_text())["seed"] == 1
+    assert not (teacher_dir / "models" / "teacher_features.csv").exists()  # the old export is gone
 
 
 def test_auroc_table_with_oracle(cv_run, tmp_path):

@@ -152,7 +152,7 @@ def visit_transforms(visits: Sequence[str], channels: int) -> list:
     visits = list(visits)
     return [
         LoadImaged(keys=visits, ensure_channel_first=True, image_only=True),
-        Orientationd(keys=visits, axcodes="RAS"),
+        Orientationd(keys=visits, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         Lambdad(keys=visits, func=lambda x: x[:channels]),
         NormalizeIntensityd(
             keys=visits, subtrahend=[0.0] * channels, divisor=list(CHANNEL_DIVISORS[:channels]), channel_wise=True
