@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Main job: set up, generate the default synthetic cohort (240 patients, 3 sites), prepare it.
+# Main job: set up, generate the default synthetic cohort (240 patients, 3 sites), prepare it,
+# then train and test the two-stage models and the conventional baselines on one split.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -10,3 +11,4 @@ if [ ! -f "$DATA/raw/clinical.csv" ]; then
 fi
 $PY -m preprocessing prepare --raw "$DATA/raw" --out "$DATA/prepared"
 echo "prepared cohort: $DATA/prepared (datalist.json, exclusions.csv, images/)"
+$PY -m evaluation holdout --data "$DATA/prepared" --truth "$DATA/raw/truth.csv" --out "${RUNS:-runs}/demo"
