@@ -24,9 +24,15 @@ def bundle_scripts(bundle: str):
         names = [p.stem for p in (BUNDLES / bundle / "scripts").glob("*.py") if p.stem != "__init__"]
         yield SimpleNamespace(**{n: importlib.import_module(f"scripts.{n}") for n in names})
     finally:
+        forget_scripts(root)
+
+
+def forget_scripts(root: str) -> None:
+    """Drop a bundle root from ``sys.path`` and its ``scripts`` package from ``sys.modules``."""
+    while root in sys.path:
         sys.path.remove(root)
-        for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
-            del sys.modules[name]
+    for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        del sys.modules[name]
 
 
 def merged_config(bundle: str, *names: str) -> ConfigParser:

@@ -189,3 +189,35 @@ def test_mlflow_tracking(trained, tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
     runs = mlflow.search_runs(search_all_experiments=True)
     assert len(runs) == 1 and {"metrics.val_loss", "metrics.val_auc", "metrics.train_loss"} <= set(runs.columns)
+
+
+@pytest.mark.parametrize("bundle", ["pcr_teacher", "pcr_dualtask"])
+def test_monai_fl_client_drives_the_bundle(trained, bundle, tmp_path):
+    """The layout NVFlare's MonaiAlgo needs: initialize, train one local epoch from global weights,
+    send weight differences, evaluate global weights."""
+    from monai.fl.client import MonaiAlgo
+    from monai.fl.utils.constants import ExtraItems, WeightType
+    from monai.fl.utils.exchange_object import ExchangeObject
+
+    from bundle_utils import forget_scripts
+
+    settings = dict(dataset_dir=str(trained.data), ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"),
+                    teacher_features=str(trained.features), **FAST)
+    configs = ["configs/train.json", "configs/profile_cpu.json"]
+    algo = MonaiAlgo(bundle_root=str(BUNDLES / bundle), local_epochs=1, config_train_filename=configs,
+                     config_evaluate_filename=configs + ["configs/evaluate.json"], config_filters_filename=None,
+                     train_kwargs=settings, eval_kwargs=settings)
+    try:
+        algo.initialize(extra={ExtraItems.CLIENT_NAME: "site-1", ExtraItems.APP_ROOT: str(tmp_path)})
+        network = algo.trainer.network
+        global_weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        algo.train(data=ExchangeObject(weights=global_weights, weight_type=WeightType.WEIGHTS))
+        update = algo.get_weights()
+        assert update.weight_type == WeightType.WEIGHT_DIFF and update.statistics["num_executed_iterations"] > 0
+        assert set(update.weights) == set(global_weights)
+        local = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        metrics = algo.evaluate(data=ExchangeObject(weights=local, weight_type=WeightType.WEIGHTS)).metrics
+        assert np.isfinite(metrics["val_loss"]) and 0 <= metrics["val_auc"] <= 1
+    finally:
+        algo.finalize()
+        forget_scripts(str(BUNDLES / bundle))

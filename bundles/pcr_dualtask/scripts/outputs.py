@@ -52,8 +52,7 @@ class _PerPatientWriter:
         self.ids, self.rows, self.labels = [], [], []
 
     def _collect(self, engine: Engine) -> None:
-        batch, output = engine.state.batch, engine.state.output
-        pred = output["pred"] if isinstance(output, dict) else torch.stack([o["pred"] for o in output])
+        batch, pred = engine.state.batch, engine.state.output["pred"]  # evaluators run with decollate=False
         self.ids.extend(str(i) for i in batch["id"])
         self.rows.extend(self.values(pred.detach().float().cpu()))
         if isinstance(batch.get("label"), torch.Tensor):
