@@ -35,6 +35,9 @@ def nested_cv(runner: Runner, methods: list[Method], outer_folds: list[int] | No
     if len(folds) < 3:
         raise ValueError(f"nested cross-validation needs at least 3 folds, the cohort has {len(folds)}")
     outer_folds = folds if outer_folds is None else outer_folds
+    unknown = sorted(set(outer_folds) - set(folds))
+    if unknown:
+        raise ValueError(f"outer fold(s) {unknown} not in the cohort's folds {folds}")
     results = {}
     for method in methods:
         rows = []

@@ -85,3 +85,8 @@ def test_cli_errors(tmp_path, capsys):
     assert "missing/datalist.json: not found" in capsys.readouterr().err
     assert main(["cv", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--method", "dualtask,magic"]) == 2
     assert "unknown method(s) magic" in capsys.readouterr().err
+
+
+def test_unknown_outer_fold_is_refused(fake_prepared, tmp_path, capsys):
+    assert main(["cv", "--data", str(fake_prepared), "--out", str(tmp_path), "--outer-folds", "0,7"]) == 2
+    assert "outer fold(s) [7] not in the cohort's folds [0, 1, 2]" in capsys.readouterr().err
