@@ -90,3 +90,17 @@ def test_cli_errors(tmp_path, capsys):
 def test_unknown_outer_fold_is_refused(fake_prepared, tmp_path, capsys):
     assert main(["cv", "--data", str(fake_prepared), "--out", str(tmp_path), "--outer-folds", "0,7"]) == 2
     assert "outer fold(s) [7] not in the cohort's folds [0, 1, 2]" in capsys.readouterr().err
+
+
+def test_holdout_cli_as_the_demo_runs_it(fake_prepared, tmp_path, capsys):
+    ids = _fold_ids(fake_prepared, [0])
+    truth = pd.DataFrame({"id": ids, "p_clinical": 0.3, "p_t0": 0.4, "p_t0_t1": 0.5, "p_t0_t2": 0.6})
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    argv = ["holdout", "--data", str(fake_prepared), "--out", str(tmp_path / "out"), "--method", "conv2",
+            "--val-fold", "1", "--test-fold", "0", "--epochs", "1", "--truth", str(tmp_path / "truth.csv")]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("method") and "conv2" in printed and "oracle p_t0_t2" in printed
+    written = pd.read_csv(tmp_path / "out" / "predictions_conv2.csv", dtype={"id": str})
+    assert sorted(written["id"]) == ids and set(written["method"]) == {"conv2"}
+    assert (tmp_path / "out" / "auroc.txt").read_text().strip() in printed
