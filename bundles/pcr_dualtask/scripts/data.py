@@ -16,6 +16,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 from monai.transforms import (
@@ -146,6 +147,10 @@ def class_balanced_weights(items: list[dict]) -> list[float]:
     return [1.0 / counts[label] for label in labels]
 
 
+def _first_channels(image, count: int):
+    return image[:count]
+
+
 def visit_transforms(visits: Sequence[str], channels: int) -> list:
     """Deterministic loading: per visit the first ``channels`` channels, scaled, then all visits
     concatenated in order into ``image`` (channels ``visit * channels + c``)."""
@@ -153,7 +158,7 @@ def visit_transforms(visits: Sequence[str], channels: int) -> list:
     return [
         LoadImaged(keys=visits, ensure_channel_first=True, image_only=True),
         Orientationd(keys=visits, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        Lambdad(keys=visits, func=lambda x: x[:channels]),
+        Lambdad(keys=visits, func=partial(_first_channels, count=channels)),
         NormalizeIntensityd(
             keys=visits, subtrahend=[0.0] * channels, divisor=list(CHANNEL_DIVISORS[:channels]), channel_wise=True
         ),
