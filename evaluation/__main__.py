@@ -40,11 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--epochs", type=int, default=2, help="epochs per timed round")
     bench.add_argument("--rounds", type=int, default=3)
     bench.add_argument("--teacher-features", type=Path, default=None, help="pcr_dualtask: teacher representations")
+    bench.add_argument("--val-fold", type=int, default=3)
+    bench.add_argument("--test-fold", type=int, default=4, help="its patients are timed for inference latency")
     args = parser.parse_args(argv)
     if args.command == "bench":
         from .bench import bench as run_bench
 
-        print(run_bench(args.data.resolve(), args.bundle, args.profile, args.epochs, args.rounds, args.teacher_features))
+        print(run_bench(args.data.resolve(), args.bundle, args.profile, args.epochs, args.rounds, args.teacher_features,
+                        args.val_fold, args.test_fold))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 

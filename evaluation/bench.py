@@ -73,10 +73,17 @@ def trainer_epochs(parser: ConfigParser, epochs: int) -> float:
     return elapsed
 
 
-def bench(data: Path, bundle: str, profile: str, epochs: int, rounds: int, teacher_features: Path | None) -> str:
+def bench(data: Path, bundle: str, profile: str, epochs: int, rounds: int, teacher_features: Path | None,
+          val_fold: int = 3, test_fold: int = 4) -> str:
     logging.getLogger().setLevel(logging.WARNING)
-    work = Path(tempfile.mkdtemp(prefix="pcr-bench-"))
-    values = dict(dataset_dir=str(data), output_dir=str(work), ckpt_dir=str(work), val_interval=10**9)
+    with tempfile.TemporaryDirectory(prefix="pcr-bench-") as tmp:
+        return _bench(Path(tmp), data, bundle, profile, epochs, rounds, teacher_features, val_fold, test_fold)
+
+
+def _bench(work: Path, data: Path, bundle: str, profile: str, epochs: int, rounds: int,
+           teacher_features: Path | None, val_fold: int, test_fold: int) -> str:
+    values = dict(dataset_dir=str(data), output_dir=str(work), ckpt_dir=str(work), val_interval=10**9,
+                  val_fold=val_fold, test_fold=test_fold)
     if teacher_features is not None:
         values["teacher_features"] = str(teacher_features)
     parser = _parser(bundle, ["train"], profile, **values)
@@ -94,7 +101,7 @@ def bench(data: Path, bundle: str, profile: str, epochs: int, rounds: int, teach
     torch.save(parser.get_parsed_content("network").state_dict(), work / "model.pt")
 
     infer = _parser(bundle, ["inference"], profile, dataset_dir=str(data), output_dir=str(work), ckpt_dir=str(work),
-                    batch_size=1, infer_folds=[parser["test_fold"]])
+                    batch_size=1, infer_folds=[test_fold])
     evaluator = infer.get_parsed_content("evaluator")
     n_infer = len(evaluator.data_loader.dataset)
     start = time.perf_counter()
