@@ -18,15 +18,13 @@ import torch
 from monai.bundle import ConfigParser
 
 from .methods import BUNDLES
-from .runner import PROFILES
+from .runner import config_files
 
 
 def _parser(bundle: str, names: list[str], profile: str, **values) -> ConfigParser:
-    root = BUNDLES / bundle
-    files = [str(root / "configs" / f"{n}.json") for n in names[:1] + list(PROFILES[profile]) + names[1:]]
     parser = ConfigParser()
-    parser.read_config(files)
-    parser.update({"bundle_root": str(root), **values})
+    parser.read_config(config_files(bundle, tuple(names), profile))
+    parser.update({"bundle_root": str(BUNDLES / bundle), **values})
     parser.get_parsed_content("initialize")
     return parser
 

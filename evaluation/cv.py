@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from preprocessing.atomic import atomic_write_csv
+
 from .methods import Method
 from .runner import Runner, Split
 
@@ -63,9 +65,7 @@ def holdout(runner: Runner, methods: list[Method], split: Split) -> dict[str, pd
 
 def write_predictions(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     frame = frame[PREDICTION_COLUMNS].sort_values(["outer_fold", "id"]).reset_index(drop=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
+    atomic_write_csv(frame, path)
     return frame
 
 

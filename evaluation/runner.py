@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from preprocessing.atomic import atomic_write_text
+
 from .methods import BUNDLES, TEACHER, Method, model_key
 
 PROFILES = {"cpu": ("profile_cpu",), "gpu": ()}
@@ -36,6 +38,12 @@ def root_cause(log_text: str) -> str:
     lines = [line.strip() for line in log_text.splitlines() if line.strip()]
     causes = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
     return (causes or lines or ["(no output)"])[0]
+
+
+def config_files(bundle: str, configs: tuple[str, ...], profile: str) -> list[str]:
+    """Paths of a bundle's config files: the first, then the profile's overrides, then the rest."""
+    names = configs[:1] + PROFILES[profile] + configs[1:]
+    return [str(BUNDLES / bundle / "configs" / f"{name}.json") for name in names]
 
 
 @dataclass(frozen=True)
@@ -65,8 +73,7 @@ class Runner:
     def run_bundle(self, bundle: str, configs: tuple[str, ...], log: Path, **overrides) -> None:
         """``python -m monai.bundle run`` with the bundle's configs + profile + override files."""
         root = BUNDLES / bundle
-        files = [str(root / "configs" / f"{name}.json") for name in
-                 configs[:1] + PROFILES[self.profile] + configs[1:]]
+        files = config_files(bundle, configs, self.profile)
         overrides = {**self.overrides, **overrides}
         overrides.setdefault("dataset_dir", str(self.data))
         overrides.setdefault("seed", self.seed)
@@ -103,7 +110,7 @@ class Runner:
         if teacher is not None:
             overrides["teacher_features"] = self.export_teacher(teacher, split)
         self.run_bundle(bundle, ("train",) + train, run_dir / "train.log", **overrides)
-        marker.write_text(json.dumps(record, default=str) + "\n")
+        atomic_write_text(json.dumps(record, default=str) + "\n", marker)
         return run_dir
 
     def export_teacher(self, teacher: tuple[str, ...], split: Split) -> Path:
