@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 from preprocessing.atomic import atomic_write_csv
 
@@ -24,6 +25,15 @@ log = logging.getLogger("evaluation")
 PREDICTION_COLUMNS = ["id", "outer_fold", "method", "probability", "label"]
 
 
+@dataclass
+class Predictions:
+    """method -> reported (test) predictions, and method -> validation predictions: each inner
+    model's probabilities for its own validation fold (``fold`` column), from which the report
+    chooses the Youden threshold of that outer fold."""
+    test: dict[str, pd.DataFrame]
+    validation: dict[str, pd.DataFrame]
+
+
 def cohort_folds(data: Path) -> list[int]:
     path = Path(data) / "datalist.json"
     if not path.is_file():
@@ -31,8 +41,36 @@ def cohort_folds(data: Path) -> list[int]:
     return sorted({entry["fold"] for entry in json.loads(path.read_text())["training"]})
 
 
-def nested_cv(runner: Runner, methods: list[Method], outer_folds: list[int] | None = None) -> dict[str, pd.DataFrame]:
-    """Out-of-fold predictions per method, written to ``OUT/predictions_<method>.csv``."""
+def inner_validation_folds(folds: list[int], test_fold: int, inner_folds: int | None = None) -> list[int]:
+    """Validation folds of an outer fold's inner splits: every other fold, or only the
+    ``inner_folds`` folds preceding the test fold (cyclically: test 4 -> validation 3, the demo's split)."""
+    i = folds.index(test_fold)
+    others = [folds[(i - k) % len(folds)] for k in range(1, len(folds))]
+    return others[:inner_folds] if inner_folds else others
+
+
+def _split_frame(runner: Runner, frame: pd.DataFrame, method: str, split: Split) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One model's predictions on [test fold, validation fold] -> (test rows, validation rows)."""
+    frame = frame.assign(fold=frame["id"].map(runner.fold_of), outer_fold=split.test_fold, method=method)
+    return frame[frame.fold == split.test_fold], frame[frame.fold == split.val_fold]
+
+
+def _outer_fold(runner: Runner, methods: list[Method], test_fold: int, val_folds: list[int]) -> dict:
+    results = {}
+    for method in methods:
+        tests, vals = zip(*(_split_frame(runner, runner.predict(method, split, [split.test_fold, split.val_fold]),
+                                         method.name, split)
+                            for split in (Split(v, test_fold) for v in val_folds)))
+        votes = pd.concat(tests).groupby(["id", "label", "outer_fold", "method"], as_index=False)["probability"].mean()
+        results[method.name] = (votes, pd.concat(vals))
+        log.info("%s: outer fold %d done (%d inner models)", method.name, test_fold, len(val_folds))
+    return results
+
+
+def nested_cv(runner: Runner, methods: list[Method], outer_folds: list[int] | None = None,
+              inner_folds: int | None = None, jobs: int = 1) -> Predictions:
+    """Out-of-fold predictions per method, written to ``OUT/predictions_<method>.csv`` (and the
+    validation predictions to ``OUT/validation_<method>.csv``). ``jobs`` outer folds run at once."""
     folds = cohort_folds(runner.data)
     if len(folds) < 3:
         raise ValueError(f"nested cross-validation needs at least 3 folds, the cohort has {len(folds)}")
@@ -40,49 +78,28 @@ def nested_cv(runner: Runner, methods: list[Method], outer_folds: list[int] | No
     unknown = sorted(set(outer_folds) - set(folds))
     if unknown:
         raise ValueError(f"outer fold(s) {unknown} not in the cohort's folds {folds}")
-    results = {}
-    for method in methods:
-        rows = []
-        for test_fold in outer_folds:
-            inner = [runner.predict(method, Split(val, test_fold), [test_fold]) for val in folds if val != test_fold]
-            votes = pd.concat(inner).groupby(["id", "label"], as_index=False)["probability"].mean()
-            votes["outer_fold"], votes["method"] = test_fold, method.name
-            rows.append(votes)
-            log.info("%s: outer fold %d done (%d inner models)", method.name, test_fold, len(inner))
-        results[method.name] = write_predictions(pd.concat(rows), runner.out / f"predictions_{method.name}.csv")
-    return results
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on bundle child processes
+        per_fold = list(pool.map(lambda f: _outer_fold(runner, methods, f, inner_validation_folds(folds, f, inner_folds)),
+                                 outer_folds))
+    return write_all(runner.out, {m.name: [r[m.name] for r in per_fold] for m in methods})
 
 
-def holdout(runner: Runner, methods: list[Method], split: Split) -> dict[str, pd.DataFrame]:
+def holdout(runner: Runner, methods: list[Method], split: Split) -> Predictions:
     """Predictions on ``split.test_fold`` of one model per method trained on the other folds."""
-    results = {}
-    for method in methods:
-        frame = runner.predict(method, split, [split.test_fold])
-        frame["outer_fold"], frame["method"] = split.test_fold, method.name
-        results[method.name] = write_predictions(frame, runner.out / f"predictions_{method.name}.csv")
-    return results
+    return write_all(runner.out, {m.name: [_outer_fold(runner, [m], split.test_fold, [split.val_fold])[m.name]]
+                                  for m in methods})
 
 
-def write_predictions(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
-    frame = frame[PREDICTION_COLUMNS].sort_values(["outer_fold", "id"]).reset_index(drop=True)
+def write_all(out: Path, results: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]]) -> Predictions:
+    predictions = Predictions({}, {})
+    for name, parts in results.items():
+        tests, vals = zip(*parts)
+        predictions.test[name] = write_predictions(pd.concat(tests), out / f"predictions_{name}.csv")
+        predictions.validation[name] = write_predictions(pd.concat(vals), out / f"validation_{name}.csv", ["fold"])
+    return predictions
+
+
+def write_predictions(frame: pd.DataFrame, path: Path, extra: list[str] = ()) -> pd.DataFrame:
+    frame = frame[PREDICTION_COLUMNS + list(extra)].sort_values(["outer_fold", "id"]).reset_index(drop=True)
     atomic_write_csv(frame, path)
     return frame
-
-
-def auroc_table(results: dict[str, pd.DataFrame], methods: list[Method], truth: Path | None = None) -> str:
-    """Plain-text table of test AUROC per method, with the oracle AUROCs on the same patients."""
-    lines = [f"{'method':<32}{'patients':>9}{'AUROC':>8}  description"]
-    described = {m.name: m.description for m in methods}
-    for name, frame in results.items():
-        lines.append(f"{name:<32}{len(frame):>9}{roc_auc_score(frame.label, frame.probability):>8.3f}  {described[name]}")
-    if truth is not None:
-        patients = next(iter(results.values()))[["id", "label"]]
-        oracle = patients.merge(pd.read_csv(truth, dtype={"id": str}), on="id", how="left")
-        missing = oracle["p_t0_t1"].isna().sum()
-        if missing:
-            raise ValueError(f"{truth}: no oracle row for {missing} test patient(s)")
-        for column, what in (("p_clinical", "clinical + subtype"), ("p_t0", "+ T0"), ("p_t0_t1", "+ T0, T1"),
-                             ("p_t0_t2", "+ T0, T1, T2")):
-            auc = roc_auc_score(oracle.label, oracle[column])
-            lines.append(f"{'oracle ' + column:<32}{len(oracle):>9}{auc:>8.3f}  exact P(pCR | {what}) of the synthetic cohort")
-    return "\n".join(lines)

@@ -52,6 +52,13 @@ METHODS = {m.name: m for m in (
     Method("teacher", "Stage-1 teacher: T0+T1+T2 (late-information reference)", TEACHER),
 )}
 
+# the paper's figure panels: main comparison (Fig. 2), visits (Fig. 3), inputs (Fig. 4)
+FIGURE_GROUPS = {
+    "comparison": ("dualtask", "conv1", "conv2", "teacher"),
+    "visits": ("dualtask", "dualtask_t0", "dualtask_t1"),
+    "inputs": ("dualtask", "dualtask_no_clinical", "dualtask_no_subtype", "dualtask_no_clinical_subtype"),
+}
+
 
 def parse_methods(text: str) -> list[Method]:
     names = [n.strip() for n in text.split(",") if n.strip()]

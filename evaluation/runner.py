@@ -46,6 +46,12 @@ def config_files(bundle: str, configs: tuple[str, ...], profile: str) -> list[st
     return [str(BUNDLES / bundle / "configs" / f"{name}.json") for name in names]
 
 
+def threads_per_job(jobs: int) -> int | None:
+    """Torch threads for each of ``jobs`` concurrent bundle runs: the cores shared out, so that
+    concurrent runs do not oversubscribe the CPU (None for a single job: torch's default)."""
+    return max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+
+
 @dataclass(frozen=True)
 class Split:
     val_fold: int
@@ -64,11 +70,17 @@ class Runner:
     epochs: int | None = None
     seed: int = 0
     overrides: dict = field(default_factory=dict)  # config keys set in every run
+    threads: int | None = None  # torch CPU threads per bundle run (None: torch's default)
 
     @cached_property
     def cohort(self) -> str:
         """Digest of the datalist: a trained model is reused only for the same cohort and folds."""
         return hashlib.sha256((self.data / "datalist.json").read_bytes()).hexdigest()[:16]
+
+    @cached_property
+    def fold_of(self) -> dict[str, int]:
+        """Patient id -> fold."""
+        return {e["id"]: e["fold"] for e in json.loads((self.data / "datalist.json").read_text())["training"]}
 
     def run_bundle(self, bundle: str, configs: tuple[str, ...], log: Path, **overrides) -> None:
         """``python -m monai.bundle run`` with the bundle's configs + profile + override files."""
@@ -88,7 +100,10 @@ class Runner:
         with open(log, "a") as stream:
             stream.write(" ".join(command) + "\n")
             stream.flush()
-            done = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, env=dict(os.environ, TQDM_DISABLE="1"))
+            env = dict(os.environ, TQDM_DISABLE="1")
+            if self.threads:
+                env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
+            done = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, env=env)
         if done.returncode != 0:
             raise BundleRunError(f"{bundle} {' + '.join(configs)} failed (exit {done.returncode}): "
                                  f"{root_cause(log.read_text())} -- full log: {log}")

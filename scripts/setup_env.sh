@@ -7,7 +7,7 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import torch, monai, ignite, nvflare, itk, SimpleITK, pydicom, nibabel, sklearn, psutil, jsonschema, mlflow, alembic, onnx, onnxscript, onnxruntime, pytest, preprocessing, evaluation" 2>/dev/null; then
+if ! .venv/bin/python -c "import torch, monai, ignite, nvflare, itk, SimpleITK, pydicom, nibabel, sklearn, psutil, jsonschema, mlflow, alembic, onnx, onnxscript, onnxruntime, tabulate, dcurves, statsmodels, pytest, preprocessing, evaluation" 2>/dev/null; then
   .venv/bin/pip install --quiet --upgrade pip
   # torch first and pinned: an unpinned requirement would pull a multi-GB CUDA build
   .venv/bin/pip install --quiet ${TORCH_SPEC:-torch==2.13.0}

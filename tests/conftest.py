@@ -68,7 +68,7 @@ def write_fake_prepared(root: Path, seed: int = 0) -> Path:
         clinical.update(age=int(30 + 2 * n), race=races[n % 5],
                         ethnicity=("Hispanic or Latino", "Not Hispanic or Latino")[n % 2],
                         BluePrint=("Basal", "HER2", "Luminal")[n % 3], HR=n % 2, HER2=(n // 2) % 2,
-                        MammaPrint=1, DRD=n % 3 == 0, immune=0)
+                        MammaPrint=1, DRD=n % 3 == 0, immune=0, arm=("control", "pembrolizumab")[n % 3 == 0])
         clinical["DRD"] = int(clinical["DRD"])
         entry["clinical"] = clinical
         entries.append(entry)

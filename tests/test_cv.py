@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from evaluation.__main__ import main
-from evaluation.cv import auroc_table, nested_cv
+from evaluation.cv import inner_validation_folds, nested_cv
 from evaluation.methods import METHODS, parse_methods
 from evaluation.runner import Runner, Split
 
@@ -35,9 +35,16 @@ def test_out_of_fold_predictions_are_the_soft_vote_of_the_inner_models(cv_run, f
     assert sorted(written["id"]) == _fold_ids(fake_prepared, [0]) and set(written["outer_fold"]) == {0}
     inner = [pd.read_csv(runner.model_dir(METHODS["dualtask"].model_key, Split(v, 0)) / "eval" / "dualtask" /
                          "predictions.csv", dtype={"id": str}) for v in (1, 2)]
-    vote = pd.concat(inner).groupby("id")["probability"].mean()
+    vote = pd.concat(inner).groupby("id")["probability"].mean()[_fold_ids(fake_prepared, [0])]
     assert written.set_index("id")["probability"].to_dict() == pytest.approx(vote.to_dict())
-    assert len(results["conv2"]) == len(written)
+    assert len(results.test["conv2"]) == len(written)
+    # validation predictions: each inner model on its own validation fold, never on the test fold
+    validation = pd.read_csv(runner.out / "validation_dualtask.csv", dtype={"id": str})
+    assert list(validation.columns) == ["id", "outer_fold", "method", "probability", "label", "fold"]
+    assert sorted(validation["id"]) == _fold_ids(fake_prepared, [1, 2]) and set(validation.outer_fold) == {0}
+    for fold, model in ((1, inner[0]), (2, inner[1])):
+        rows = validation[validation.fold == fold].set_index("id")["probability"]
+        assert rows.to_dict() == pytest.approx(model.set_index("id")["probability"][rows.index].to_dict())
 
 
 def test_every_inner_split_uses_a_teacher_trained_on_its_own_training_folds(cv_run, fake_prepared):
@@ -67,17 +74,19 @@ def test_rerun_reuses_trained_models(cv_run):
     assert not (teacher_dir / "models" / "teacher_features.csv").exists()  # the old export is gone
 
 
-def test_auroc_table_with_oracle(cv_run, tmp_path):
-    _, methods, results = cv_run
-    ids = results["dualtask"]["id"]
-    truth = pd.DataFrame({"id": ids, "p_clinical": 0.5, "p_t0": 0.5, "p_t0_t1": results["dualtask"]["label"],
-                          "p_t0_t2": 0.5})
-    truth.to_csv(tmp_path / "truth.csv", index=False)
-    table = auroc_table(results, methods, tmp_path / "truth.csv")
-    assert "oracle p_t0_t1" in table and "1.000" in table and table.splitlines()[1].startswith("dualtask")
-    truth.iloc[1:].to_csv(tmp_path / "truth.csv", index=False)
-    with pytest.raises(ValueError, match="no oracle row for 1 test patient"):
-        auroc_table(results, methods, tmp_path / "truth.csv")
+def test_inner_validation_folds():
+    assert inner_validation_folds([0, 1, 2, 3, 4], 4) == [3, 2, 1, 0]
+    assert inner_validation_folds([0, 1, 2, 3, 4], 4, 1) == [3]  # the demo's split
+    assert inner_validation_folds([0, 1, 2, 3, 4], 0, 2) == [4, 3]
+
+
+def test_outer_folds_in_parallel_with_one_inner_split(fake_prepared, tmp_path):
+    runner = Runner(fake_prepared, tmp_path, "cpu", epochs=1, overrides=FAST, threads=1)
+    results = nested_cv(runner, parse_methods("conv2"), outer_folds=[0, 1], inner_folds=1, jobs=2)
+    assert sorted(results.test["conv2"]["id"]) == _fold_ids(fake_prepared, [0, 1])
+    assert sorted(p.name for p in (tmp_path / "models" / "pcr_teacher").iterdir()) == ["test0_val2", "test1_val0"]
+    validation = results.validation["conv2"]
+    assert set(zip(validation.outer_fold, validation.fold)) == {(0, 2), (1, 0)}
 
 
 def test_cli_errors(tmp_path, capsys):
@@ -97,10 +106,11 @@ def test_holdout_cli_as_the_demo_runs_it(fake_prepared, tmp_path, capsys):
     truth = pd.DataFrame({"id": ids, "p_clinical": 0.3, "p_t0": 0.4, "p_t0_t1": 0.5, "p_t0_t2": 0.6})
     truth.to_csv(tmp_path / "truth.csv", index=False)
     argv = ["holdout", "--data", str(fake_prepared), "--out", str(tmp_path / "out"), "--method", "conv2",
-            "--val-fold", "1", "--test-fold", "0", "--epochs", "1", "--truth", str(tmp_path / "truth.csv")]
+            "--val-fold", "1", "--test-fold", "0", "--epochs", "1", "--truth", str(tmp_path / "truth.csv"),
+            "--resamples", "20"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("method") and "conv2" in printed and "oracle p_t0_t2" in printed
+    assert "conv2" in printed and "oracle p_t0_t2" in printed and "report/report.html" in printed
     written = pd.read_csv(tmp_path / "out" / "predictions_conv2.csv", dtype={"id": str})
     assert sorted(written["id"]) == ids and set(written["method"]) == {"conv2"}
-    assert (tmp_path / "out" / "auroc.txt").read_text().strip() in printed
+    assert (tmp_path / "out" / "report" / "figures" / "roc_methods.png").is_file()

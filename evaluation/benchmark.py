@@ -1,0 +1,83 @@
+"""``python -m evaluation benchmark``: the comparison of Jing & Wang (Table 2) over the bundles.
+
+Every method (two-stage dual-task, Conventional #1 and #2, the five ablations, the stage-1
+teacher on T0-T2) by nested cross-validation on one cohort, then the report. The CPU profile
+trains one inner split per outer fold (validation = the preceding fold) for 8 epochs and runs two
+outer folds at once with one torch thread each, so that the whole comparison fits in about an
+hour on two cores;
+the GPU profile is the paper's: every inner split (soft voting over four models), full widths,
+150 epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from preprocessing.atomic import atomic_write_json
+
+from .cv import Predictions, nested_cv
+from .methods import METHODS, TEACHER, parse_methods
+from .runner import Runner, config_files, threads_per_job
+
+# cpu: one inner split per outer fold, 8 epochs, two outer folds at once: about an hour on 2 cores
+BENCHMARK_PROFILES = {"cpu": {"inner_folds": 1, "jobs": 2, "epochs": 8},
+                      "gpu": {"inner_folds": None, "jobs": 1, "epochs": None}}
+
+
+def bundle_settings(profile: str) -> dict:
+    """Top-level training settings of the stage-1 bundle under ``profile`` (stage 2 uses the same)."""
+    merged = {}
+    for path in config_files(TEACHER, ("train",), profile):
+        merged.update(json.loads(Path(path).read_text()))
+    return {k: merged[k] for k in ("epochs", "widen_factor", "batch_size", "learning_rate", "seed")}
+
+
+def _device() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def run_benchmark(data: Path, out: Path, profile: str, epochs: int | None = None, seed: int = 0,
+                  methods: str | None = None, jobs: int | None = None) -> tuple[Predictions, dict]:
+    """Train and test every method; return the predictions and the run description
+    (also written to ``OUT/benchmark.json``)."""
+    chosen = parse_methods(methods or ",".join(METHODS))
+    inner_folds = BENCHMARK_PROFILES[profile]["inner_folds"]
+    jobs = jobs or BENCHMARK_PROFILES[profile]["jobs"]
+    epochs = epochs or BENCHMARK_PROFILES[profile]["epochs"]
+    runner = Runner(data, out, profile, epochs, seed, threads=threads_per_job(jobs))
+    reused = len(list(out.glob("models/*/*/trained.json")))
+    started = time.perf_counter()
+    predictions = nested_cv(runner, chosen, inner_folds=inner_folds, jobs=jobs)
+    wall = time.perf_counter() - started
+    trained = len(list(out.glob("models/*/*/trained.json")))
+    settings = bundle_settings(profile)
+    if epochs is not None:
+        settings["epochs"] = epochs
+    entries = json.loads((data / "datalist.json").read_text())["training"]
+    folds = sorted({e["fold"] for e in entries})
+    pcr = sum(e["label"] for e in entries) / len(entries)
+    about = {
+        "cohort": f"{data} ({len(entries)} patients, pCR rate {pcr:.1%}, folds {folds}, datalist digest {runner.cohort})",
+        "profile": f"{profile}: epochs {settings['epochs']}, widen_factor {settings['widen_factor']}, batch size "
+                   f"{settings['batch_size']}, learning rate {settings['learning_rate']}",
+        "design": f"{len(folds)} outer folds x {inner_folds or len(folds) - 1} inner split(s) per outer fold "
+                  f"({'validation = the preceding fold' if inner_folds else 'every other fold validates once'}), "
+                  "soft voting over the inner models",
+        "seeds": f"training seed {seed}; bootstrap seed 0",
+        "methods": ", ".join(m.name for m in chosen),
+        "models": f"{trained} trained models ({reused} reused from an earlier run of the same settings)",
+        "wall time": f"{wall / 60:.1f} min for training and testing ({jobs} outer fold(s) at once, "
+                     f"{runner.threads or torch.get_num_threads()} torch thread(s) each)",
+        "machine": _device(),
+        "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    atomic_write_json(about, out / "benchmark.json")
+    return predictions, about
