@@ -170,7 +170,12 @@ def build_report(predictions: dict[str, pd.DataFrame], out: Path, validation: di
         f"- CIs: 95 % percentile intervals from {n_resamples} stratified patient-level bootstrap resamples (seed {seed})",
         f"- Youden threshold: {'chosen per outer fold on validation predictions' if validation else 'not reported (no validation predictions given)'}"])
     sections.append(header)
-    sections.append(Section("Performance (Table 2 style)", [
+    headline = []
+    if reference == "dualtask" and "conv1" in delong:  # the paper's claim, reported whatever its sign
+        r = delong["conv1"]
+        headline = [f"Dual-task vs Conventional #1: AUROC {r.auc_a:.3f} vs {r.auc_b:.3f}, difference "
+                    f"{r.auc_a - r.auc_b:+.3f}, paired DeLong p = {fmt_p(r.p_value)}."]
+    sections.append(Section("Performance (Table 2 style)", headline + [
         f"Sensitivity and specificity at probability 0.5 (the paper's operating point). "
         f"p: two-sided paired DeLong test of {reference} against each method, on the same patients."], [table2]))
     sections.append(Section("Operating points and calibration", [
@@ -234,7 +239,7 @@ def build_report(predictions: dict[str, pd.DataFrame], out: Path, validation: di
         p = fmt_p(delong[label].p_value) if label in delong else ""
         summary_lines.append(f"{label:<32}{n:>9}  {fmt(*summary['AUROC']):<24}{summary['sensitivity @0.5'][0]:>12.3f}"
                              f"{summary['specificity @0.5'][0]:>12.3f}  {p}")
-    return Report(sections, "\n".join(summary_lines))
+    return Report(sections, "\n".join(summary_lines + headline))
 
 
 def to_markdown(report: Report, out: Path, title: str) -> str:

@@ -68,7 +68,8 @@ def test_report_files(report):
     assert page.count("data:image/png;base64,") == 5 and 'src="figures' not in page  # self-contained
     md = (out / "report.md").read_text()
     for text in ("| dualtask", "| conv1", "| teacher", "oracle p_t0_t1", "DeLong p vs dualtask", "sensitivity @Youden",
-                 "calibration slope", "figures/roc_comparison.png", "Odds ratios", "HER2"):
+                 "calibration slope", "figures/roc_comparison.png", "Odds ratios", "HER2",
+                 "Dual-task vs Conventional #1: AUROC"):
         assert text in md, text
     assert not list(out.rglob(".tmp-*"))
 
