@@ -18,7 +18,7 @@ import pandas as pd
 
 from preprocessing.atomic import atomic_write_csv
 
-from .methods import Method
+from .methods import TEACHER, Method, model_key
 from .runner import Runner, Split
 
 log = logging.getLogger("evaluation")
@@ -67,10 +67,21 @@ def _outer_fold(runner: Runner, methods: list[Method], test_fold: int, val_folds
     return results
 
 
+def independent_groups(methods: list[Method]) -> list[list[Method]]:
+    """Methods grouped by the first model they need (the teacher for stage 2), largest group
+    first: models of different groups never depend on each other, so groups can train at once."""
+    groups: dict[str, list[Method]] = {}
+    for method in methods:
+        root = model_key(TEACHER, method.teacher) if method.teacher is not None else method.model_key
+        groups.setdefault(root, []).append(method)
+    return sorted(groups.values(), key=len, reverse=True)
+
+
 def nested_cv(runner: Runner, methods: list[Method], outer_folds: list[int] | None = None,
               inner_folds: int | None = None, jobs: int = 1) -> Predictions:
     """Out-of-fold predictions per method, written to ``OUT/predictions_<method>.csv`` (and the
-    validation predictions to ``OUT/validation_<method>.csv``). ``jobs`` outer folds run at once."""
+    validation predictions to ``OUT/validation_<method>.csv``). With ``jobs`` > 1, independent
+    (outer fold, method group) tasks run that many at once."""
     folds = cohort_folds(runner.data)
     if len(folds) < 3:
         raise ValueError(f"nested cross-validation needs at least 3 folds, the cohort has {len(folds)}")
@@ -78,10 +89,15 @@ def nested_cv(runner: Runner, methods: list[Method], outer_folds: list[int] | No
     unknown = sorted(set(outer_folds) - set(folds))
     if unknown:
         raise ValueError(f"outer fold(s) {unknown} not in the cohort's folds {folds}")
+    tasks = [(group, fold) for group in independent_groups(methods) for fold in outer_folds]
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on bundle child processes
-        per_fold = list(pool.map(lambda f: _outer_fold(runner, methods, f, inner_validation_folds(folds, f, inner_folds)),
-                                 outer_folds))
-    return write_all(runner.out, {m.name: [r[m.name] for r in per_fold] for m in methods})
+        done = list(pool.map(lambda t: _outer_fold(runner, t[0], t[1], inner_validation_folds(folds, t[1], inner_folds)),
+                             tasks))
+    results = {m.name: [] for m in methods}
+    for (group, fold), result in sorted(zip(tasks, done), key=lambda item: item[0][1]):
+        for name, frames in result.items():
+            results[name].append(frames)
+    return write_all(runner.out, results)
 
 
 def holdout(runner: Runner, methods: list[Method], split: Split) -> Predictions:
