@@ -120,17 +120,26 @@ def figure_groups(names: list[str], reference: str) -> dict[str, list[str]]:
     return groups
 
 
-def build_report(predictions: dict[str, pd.DataFrame], out: Path, validation: dict[str, pd.DataFrame] | None = None,
-                 truth: Path | None = None, data: Path | None = None, reference: str | None = None,
-                 about: dict | None = None, n_resamples: int = 1000, seed: int = 0) -> Report:
-    """Compute every statistic, write the CSV tables and figures under ``out``; return the content."""
+@dataclass
+class Statistics:
+    """Everything computed from the predictions, before any output is written."""
+    reference: str
+    rows: dict[str, tuple[int, dict]]  # method or oracle label -> (patients, metric_summary)
+    delong: dict  # method -> DeLongResult of the reference against it
+    clinical: pd.DataFrame | None  # the reference's predictions with clinical fields (--data)
+
+
+def compute_statistics(predictions: dict[str, pd.DataFrame], validation: dict[str, pd.DataFrame] | None,
+                       truth: Path | None, data: Path | None, reference: str | None, n_resamples: int,
+                       seed: int) -> Statistics:
+    """All checks of the inputs happen here, so that an error leaves no output behind."""
     names = list(predictions)
     reference = reference or ("dualtask" if "dualtask" in predictions else names[0])
     if reference not in predictions:
         raise ValueError(f"reference method {reference!r} not among the predictions ({', '.join(names)})")
     ref = predictions[reference]
-    joined = with_clinical(ref, clinical_table(data)) if data is not None else None  # fails before any output
-    rows = {}  # label -> (patients, summary)
+    clinical = with_clinical(ref, clinical_table(data)) if data is not None else None
+    rows = {}
     for name, frame in predictions.items():
         youden = youden_per_patient(frame, (validation or {}).get(name))
         rows[name] = (len(frame), metric_summary(frame.label, frame.probability, youden, n_resamples, seed))
@@ -145,101 +154,129 @@ def build_report(predictions: dict[str, pd.DataFrame], out: Path, validation: di
         if name != reference:
             merged = same_patients(ref, predictions[name], name)
             delong[name] = delong_test(merged.label, merged.probability_ref, merged.probability)
+    return Statistics(reference, rows, delong, clinical)
 
-    metrics = pd.DataFrame([{"method": label, "patients": n, "metric": metric, "estimate": e, "low": lo, "high": hi}
-                            for label, (n, summary) in rows.items() for metric, (e, lo, hi) in summary.items()])
-    atomic_write_csv(metrics, out / "metrics.csv")
-    delong_frame = pd.DataFrame([{"reference": reference, "method": name, **vars(result)} for name, result in delong.items()])
-    atomic_write_csv(delong_frame, out / "delong.csv")
 
-    def described(label: str) -> str:
-        if label.startswith("oracle "):
-            return f"exact P(pCR | {ORACLES[label[7:]]}) of the synthetic cohort"
-        return METHODS[label].description if label in METHODS else ""
+def _described(label: str) -> str:
+    if label.startswith("oracle "):
+        return f"exact P(pCR | {ORACLES[label[7:]]}) of the synthetic cohort"
+    return METHODS[label].description if label in METHODS else ""
 
+
+def _headline(stats: Statistics) -> list[str]:
+    """The paper's claim (dual-task vs Conventional #1), reported whatever its sign."""
+    if stats.reference != "dualtask" or "conv1" not in stats.delong:
+        return []
+    r = stats.delong["conv1"]
+    return [f"Dual-task vs Conventional #1: AUROC {r.auc_a:.3f} vs {r.auc_b:.3f}, difference {r.auc_a - r.auc_b:+.3f}, "
+            f"paired DeLong p = {fmt_p(r.p_value)}."]
+
+
+def _performance_sections(stats: Statistics) -> list[Section]:
+    reference, rows, delong = stats.reference, stats.rows, stats.delong
     table2 = pd.DataFrame([{"method": label, "patients": n, **{m: fmt(*summary[m]) for m in TABLE2},
                             f"DeLong p vs {reference}": fmt_p(delong[label].p_value) if label in delong else "",
-                            "description": described(label)} for label, (n, summary) in rows.items()])
-    extra_metrics = [m for m in next(iter(rows.values()))[1] if m not in TABLE2]
-    detail = pd.DataFrame([{"method": label, **{m: fmt(*summary[m]) if m in summary else "" for m in extra_metrics}}
+                            "description": _described(label)} for label, (n, summary) in rows.items()])
+    extra = [m for m in next(iter(rows.values()))[1] if m not in TABLE2]
+    detail = pd.DataFrame([{"method": label, **{m: fmt(*summary[m]) if m in summary else "" for m in extra}}
                            for label, (n, summary) in rows.items()])
-    sections = []
-    header = Section("Run", [f"- {k}: {v}" for k, v in (about or {}).items()] + [
-        f"- predictions: {len(names)} method(s), {len(ref)} patients ({int(ref.label.sum())} pCR), "
-        f"outer fold(s) {', '.join(str(f) for f in sorted(ref.outer_fold.unique()))}",
-        f"- CIs: 95 % percentile intervals from {n_resamples} stratified patient-level bootstrap resamples (seed {seed})",
-        f"- Youden threshold: {'chosen per outer fold on validation predictions' if validation else 'not reported (no validation predictions given)'}"])
-    sections.append(header)
-    headline = []
-    if reference == "dualtask" and "conv1" in delong:  # the paper's claim, reported whatever its sign
-        r = delong["conv1"]
-        headline = [f"Dual-task vs Conventional #1: AUROC {r.auc_a:.3f} vs {r.auc_b:.3f}, difference "
-                    f"{r.auc_a - r.auc_b:+.3f}, paired DeLong p = {fmt_p(r.p_value)}."]
-    sections.append(Section("Performance (Table 2 style)", headline + [
-        f"Sensitivity and specificity at probability 0.5 (the paper's operating point). "
-        f"p: two-sided paired DeLong test of {reference} against each method, on the same patients."], [table2]))
-    sections.append(Section("Operating points and calibration", [
-        "PPV/NPV at 0.5; sensitivity/specificity/PPV/NPV at the Youden threshold chosen on validation data; "
-        "calibration intercept (calibration-in-the-large, ideal 0) and slope (ideal 1) by logistic recalibration; "
-        "ECE over 10 equal-width bins."], [detail]))
+    sections = [
+        Section("Performance (Table 2 style)", _headline(stats) + [
+            "Sensitivity and specificity at probability 0.5 (the paper's operating point). "
+            f"p: two-sided paired DeLong test of {reference} against each method, on the same patients."], [table2]),
+        Section("Operating points and calibration", [
+            "PPV/NPV at 0.5; sensitivity/specificity/PPV/NPV at the Youden threshold chosen on validation data; "
+            "calibration intercept (calibration-in-the-large, ideal 0) and slope (ideal 1) by logistic "
+            "recalibration; ECE over 10 equal-width bins."], [detail])]
     if delong:
         sections.append(Section(f"Paired DeLong tests ({reference} vs each method)", [], [pd.DataFrame([{
             "method": name, f"AUROC {reference}": f"{r.auc_a:.3f}", "AUROC method": f"{r.auc_b:.3f}",
-            "difference": f"{r.auc_a - r.auc_b:+.3f}", "z": f"{r.z:.2f}", "p": fmt_p(r.p_value)} for name, r in delong.items()])]))
+            "difference": f"{r.auc_a - r.auc_b:+.3f}", "z": f"{r.z:.2f}", "p": fmt_p(r.p_value)}
+            for name, r in delong.items()])]))
+    return sections
 
-    figures = out / "figures"
-    legends = {name: f"{name} {fmt(*rows[name][1]['AUROC'])}" for name in names}
-    ap_legends = {name: f"{name} {fmt(*rows[name][1]['AUPRC'])}" for name in names}
-    groups = figure_groups(names, reference)
-    roc_paths, pr_paths = [], []
+
+def _curve_sections(stats: Statistics, predictions: dict[str, pd.DataFrame], groups: dict[str, list[str]],
+                    figures: Path) -> list[Section]:
+    roc, pr = [], []
     for group, members in groups.items():
         curves = {m: predictions[m] for m in members}
-        roc_paths.append(save(roc_figure(curves, legends, f"ROC: {group}"), figures, f"roc_{group}")[0])
-        pr_paths.append(save(pr_figure(curves, ap_legends, f"Precision-recall: {group}"), figures, f"pr_{group}")[0])
-    sections.append(Section("ROC curves", ["Legend: AUROC [95 % CI]."], figures=roc_paths))
-    sections.append(Section("Precision-recall curves", ["Legend: average precision [95 % CI]."], figures=pr_paths))
+        roc_legends = {m: f"{m} {fmt(*stats.rows[m][1]['AUROC'])}" for m in members}
+        pr_legends = {m: f"{m} {fmt(*stats.rows[m][1]['AUPRC'])}" for m in members}
+        roc.append(save(roc_figure(curves, roc_legends, f"ROC: {group}"), figures, f"roc_{group}")[0])
+        pr.append(save(pr_figure(curves, pr_legends, f"Precision-recall: {group}"), figures, f"pr_{group}")[0])
+    return [Section("ROC curves", ["Legend: AUROC [95 % CI]."], figures=roc),
+            Section("Precision-recall curves", ["Legend: average precision [95 % CI]."], figures=pr)]
 
-    main = next(iter(groups.values()))
-    curves = {m: predictions[m] for m in main}
-    dca_frames, dca_paths = [], []
+
+def _decision_sections(curves: dict[str, pd.DataFrame], out: Path, n_resamples: int, seed: int) -> list[Section]:
+    frames, paths = [], []
     for target in TARGETS:
-        frames = {m: decision_curve(f.label, f.probability, target=target, n_resamples=n_resamples, seed=seed)
-                  for m, f in curves.items()}
-        dca_frames += [f.assign(method=m) for m, f in frames.items()]
-        dca_paths.append(save(decision_figure(frames, target), figures, f"dca_{target}")[0])
-    dca = pd.concat(dca_frames, ignore_index=True)
+        by_method = {m: decision_curve(f.label, f.probability, target=target, n_resamples=n_resamples, seed=seed)
+                     for m, f in curves.items()}
+        frames += [f.assign(method=m) for m, f in by_method.items()]
+        paths.append(save(decision_figure(by_method, target), out / "figures", f"dca_{target}")[0])
+    dca = pd.concat(frames, ignore_index=True)
     atomic_write_csv(dca, out / "decision_curves.csv")
     at = dca[dca.threshold.isin([0.2, 0.5, 0.8])]
-    sections.append(Section("Decision curves", [
-        f"Net benefit with 95 % bootstrap bands; net interventions avoided per {PER_PATIENTS} patients against "
-        "treating all. non_pcr: identify non-responders before/mid treatment (event non-pCR, probability 1 - P(pCR)); "
-        "pcr: identify responders before surgery. Full curves: decision_curves.csv."],
-        [at.assign(net_benefit=at.apply(lambda r: fmt(r.net_benefit, r.net_benefit_low, r.net_benefit_high), axis=1),
-                   interventions_avoided=at.apply(lambda r: fmt(r.net_intervention_avoided, r.nia_low, r.nia_high), axis=1),
-                   net_benefit_all=at.net_benefit_all.round(3))
-         [["target", "method", "threshold", "net_benefit", "net_benefit_all", "interventions_avoided"]]],
-        dca_paths))
-    sections.append(Section("Calibration", [], figures=[save(calibration_figure(curves), figures, "calibration")[0]]))
+    table = pd.DataFrame({
+        "target": at.target, "method": at.method, "threshold": at.threshold,
+        "net_benefit": [fmt(r.net_benefit, r.net_benefit_low, r.net_benefit_high) for r in at.itertuples()],
+        "net_benefit_all": at.net_benefit_all.round(3),
+        "interventions_avoided": [fmt(r.net_intervention_avoided, r.nia_low, r.nia_high) for r in at.itertuples()]})
+    text = (f"Net benefit with 95 % bootstrap bands; net interventions avoided per {PER_PATIENTS} patients against "
+            "treating all. non_pcr: identify non-responders before/mid treatment (event non-pCR, probability "
+            "1 - P(pCR)); pcr: identify responders before surgery. Full curves: decision_curves.csv.")
+    return [Section("Decision curves", [text], [table], paths),
+            Section("Calibration", [], figures=[save(calibration_figure(curves), out / "figures", "calibration")[0]])]
 
-    if joined is not None:
-        groups_table = subgroup_auroc(joined, n_resamples=n_resamples, seed=seed)
-        atomic_write_csv(groups_table, out / "subgroups.csv")
-        ors = odds_ratios(joined)
-        atomic_write_csv(ors, out / "odds_ratios.csv")
-        sections.append(Section(f"Subgroups ({reference})", ["AUROC [95 % CI] within each level; n/a where a level "
-                                                             "holds one class."], [groups_table.assign(
-            auroc=[fmt(r.auroc, r.low, r.high) for r in groups_table.itertuples()]).drop(columns=["low", "high"])]))
-        sections.append(Section("Odds ratios of pCR", ["Each level against the field's most common level; 95 % CI "
-                                                       "(Woolf; +0.5 per cell where one is zero), Fisher's exact p. All reported patients."], [ors.assign(
-            odds_ratio=[fmt(r.odds_ratio, r.low, r.high) for r in ors.itertuples()],
-            p_value=ors.p_value.map(fmt_p)).drop(columns=["low", "high"])]))
 
-    summary_lines = [f"{'method':<32}{'patients':>9}  {'AUROC [95% CI]':<24}{'sensitivity':>12}{'specificity':>12}  DeLong p"]
-    for label, (n, summary) in rows.items():
-        p = fmt_p(delong[label].p_value) if label in delong else ""
-        summary_lines.append(f"{label:<32}{n:>9}  {fmt(*summary['AUROC']):<24}{summary['sensitivity @0.5'][0]:>12.3f}"
-                             f"{summary['specificity @0.5'][0]:>12.3f}  {p}")
-    return Report(sections, "\n".join(summary_lines + headline))
+def _clinical_sections(stats: Statistics, out: Path, n_resamples: int, seed: int) -> list[Section]:
+    groups = subgroup_auroc(stats.clinical, n_resamples=n_resamples, seed=seed)
+    atomic_write_csv(groups, out / "subgroups.csv")
+    ors = odds_ratios(stats.clinical)
+    atomic_write_csv(ors, out / "odds_ratios.csv")
+    return [
+        Section(f"Subgroups ({stats.reference})", ["AUROC [95 % CI] within each level; n/a where a level holds one class."],
+                [groups.assign(auroc=[fmt(r.auroc, r.low, r.high) for r in groups.itertuples()]).drop(columns=["low", "high"])]),
+        Section("Odds ratios of pCR", ["Each level against the field's most common level; 95 % CI (Woolf; +0.5 per "
+                                       "cell where one is zero), Fisher's exact p. All reported patients."],
+                [ors.assign(odds_ratio=[fmt(r.odds_ratio, r.low, r.high) for r in ors.itertuples()],
+                            p_value=ors.p_value.map(fmt_p)).drop(columns=["low", "high"])])]
+
+
+def _console_summary(stats: Statistics) -> str:
+    lines = [f"{'method':<32}{'patients':>9}  {'AUROC [95% CI]':<24}{'sensitivity':>12}{'specificity':>12}  DeLong p"]
+    for label, (n, summary) in stats.rows.items():
+        p = fmt_p(stats.delong[label].p_value) if label in stats.delong else ""
+        lines.append(f"{label:<32}{n:>9}  {fmt(*summary['AUROC']):<24}{summary['sensitivity @0.5'][0]:>12.3f}"
+                     f"{summary['specificity @0.5'][0]:>12.3f}  {p}")
+    return "\n".join(lines + _headline(stats))
+
+
+def build_report(predictions: dict[str, pd.DataFrame], out: Path, validation: dict[str, pd.DataFrame] | None = None,
+                 truth: Path | None = None, data: Path | None = None, reference: str | None = None,
+                 about: dict | None = None, n_resamples: int = 1000, seed: int = 0) -> Report:
+    """Compute every statistic, write the CSV tables and figures under ``out``; return the content."""
+    stats = compute_statistics(predictions, validation, truth, data, reference, n_resamples, seed)
+    ref = predictions[stats.reference]
+    atomic_write_csv(pd.DataFrame([{"method": label, "patients": n, "metric": metric, "estimate": e, "low": lo, "high": hi}
+                                   for label, (n, summary) in stats.rows.items()
+                                   for metric, (e, lo, hi) in summary.items()]), out / "metrics.csv")
+    atomic_write_csv(pd.DataFrame([{"reference": stats.reference, "method": name, **vars(result)}
+                                   for name, result in stats.delong.items()]), out / "delong.csv")
+    header = Section("Run", [f"- {k}: {v}" for k, v in (about or {}).items()] + [
+        f"- predictions: {len(predictions)} method(s), {len(ref)} patients ({int(ref.label.sum())} pCR), "
+        f"outer fold(s) {', '.join(str(f) for f in sorted(ref.outer_fold.unique()))}",
+        f"- CIs: 95 % percentile intervals from {n_resamples} stratified patient-level bootstrap resamples (seed {seed})",
+        "- Youden threshold: " + ("chosen per outer fold on validation predictions" if validation
+                                  else "not reported (no validation predictions given)")])
+    groups = figure_groups(list(predictions), stats.reference)
+    main_panel = {m: predictions[m] for m in next(iter(groups.values()))}
+    sections = ([header] + _performance_sections(stats) + _curve_sections(stats, predictions, groups, out / "figures")
+                + _decision_sections(main_panel, out, n_resamples, seed)
+                + (_clinical_sections(stats, out, n_resamples, seed) if stats.clinical is not None else []))
+    return Report(sections, _console_summary(stats))
 
 
 def to_markdown(report: Report, out: Path, title: str) -> str:

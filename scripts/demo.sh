@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Main job: set up, generate the default synthetic cohort (240 patients, 3 sites), prepare it,
-# then train and test the two-stage models and the conventional baselines on one split.
+# then train and test the two-stage models and the conventional baselines on one split, and
+# write the evaluation report (runs/demo/report/report.html).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
