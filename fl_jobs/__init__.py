@@ -1,0 +1,1 @@
+"""Federated training of the bundles with NVIDIA FLARE (FedAvg recipe, Client API, MonaiAlgo)."""

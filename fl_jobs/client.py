@@ -1,0 +1,90 @@
+"""NVFlare client of a federated job: one hospital site training its own copy of a bundle.
+
+The loop of NVFlare's Client API, with MONAI's ``MonaiAlgo`` running the bundle's own train and
+evaluate configs:
+
+- ``train``: evaluate the received global model on the site's validation patients, train
+  ``--local-epochs`` epochs, send the weight difference with those metrics;
+- ``validate`` (cross-site evaluation): send the received model's metrics on the site's
+  validation patients;
+- ``submit_model`` (cross-site evaluation): send the site's best local weights.
+
+Only weights, weight differences and metrics leave the site. Parameters matching
+``--exclude-vars`` stay local: they are neither sent nor overwritten by the global model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+import nvflare.client as flare
+import torch
+from monai.fl.client import MonaiAlgo
+from monai.fl.utils.constants import ExtraItems, FlStatistics, ModelType
+from monai.fl.utils.exchange_object import ExchangeObject
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+
+from fl_jobs.bundle import config_files, find_bundle
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", required=True, help="bundle folder name in this app's custom/")
+    parser.add_argument("--data", required=True, help="this site's datalist folder")
+    parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--exclude-vars", default=None, help="regex of parameters kept local")
+    parser.add_argument("--overrides", default="{}", help="JSON object of bundle config overrides")
+    return parser.parse_args()
+
+
+def keep_shared(params: dict, exclude: re.Pattern | None) -> dict:
+    return {k: v for k, v in params.items() if exclude is None or not exclude.search(k)}
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    exclude = re.compile(args.exclude_vars) if args.exclude_vars else None
+    bundle_root = str(find_bundle(args.bundle))
+    overrides = {"bundle_root": bundle_root, "dataset_dir": args.data, **json.loads(args.overrides)}
+    flare.init()
+    site = flare.get_site_name()
+    algo = MonaiAlgo(
+        bundle_root=bundle_root,
+        local_epochs=args.local_epochs,
+        send_weight_diff=True,
+        config_train_filename=config_files(args.profile),
+        train_kwargs=dict(overrides),
+        config_evaluate_filename=config_files(args.profile, "evaluate"),
+        # evaluation on the site's own validation patients (the test fold is held centrally)
+        eval_kwargs={**overrides, "eval_folds": "$[@val_fold]"},
+    )
+    algo.initialize({ExtraItems.CLIENT_NAME: site})
+    while flare.is_running():
+        received = flare.receive()
+        if received is None:
+            break
+        if flare.is_submit_model():
+            best = algo.get_weights({ExtraItems.MODEL_TYPE: ModelType.BEST_MODEL})
+            flare.send(FLModel(params=best.weights, params_type=ParamsType.FULL))
+            continue
+        global_weights = ExchangeObject(weights=keep_shared(received.params, exclude))
+        metrics = {k: float(v) for k, v in algo.evaluate(global_weights).metrics.items()}
+        if flare.is_evaluate():
+            flare.send(FLModel(metrics=metrics))
+            continue
+        algo.train(global_weights)
+        update = algo.get_weights()
+        steps = int(update.statistics[FlStatistics.NUM_EXECUTED_ITERATIONS])
+        flare.send(FLModel(params=keep_shared(update.weights, exclude), params_type=ParamsType.DIFF,
+                           metrics=metrics, meta={"NUM_STEPS_CURRENT_ROUND": steps}))
+    algo.finalize()
+
+
+if __name__ == "__main__":
+    main()

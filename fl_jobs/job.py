@@ -1,0 +1,225 @@
+"""Federated training of one bundle in the NVFlare simulator: FedAvg across the cohort's sites.
+
+``python fl_jobs/<bundle>/job.py --data PREPARED --sites K --rounds R --local-epochs E --workspace WS``
+splits the prepared cohort by site (``fl_jobs.sites``), builds NVFlare's ``FedAvgRecipe`` with one
+client per site running ``fl_jobs/client.py`` on its own copy of the bundle, the server's
+central-test evaluator (``fl_jobs.server``) and cross-site evaluation, runs it (or exports it
+with ``--export``), checks the workspace and writes ``WS/summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from evaluation.runner import PROFILES
+from fl_jobs.bundle import config_files, copy_bundle
+from fl_jobs.sites import SiteDataError, split_sites
+from preprocessing.atomic import atomic_write_json
+
+CLIENT = Path(__file__).resolve().parent / "client.py"
+log = logging.getLogger("fl_jobs")
+
+
+class JobFailed(RuntimeError):
+    """The simulator ran, but the job did not finish its work."""
+
+
+def add_common_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of every federated run (one job, or the two-stage pipeline)."""
+    p.add_argument("--data", type=Path, required=True, help="prepared cohort (datalist.json with site and fold)")
+    p.add_argument("--workspace", type=Path, required=True, help="simulator workspace; WS/summary.json at the end")
+    p.add_argument("--sites", type=int, default=None, help="the first K sites of the cohort (default: all)")
+    p.add_argument("--rounds", type=int, default=None, help="FL rounds (default: profile epochs / local epochs)")
+    p.add_argument("--local-epochs", type=int, default=1, help="local epochs per round")
+    p.add_argument("--min-clients", type=int, default=None, help="clients needed per round (default: all sites)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="cpu", help="bundle profile (as in evaluation)")
+    p.add_argument("--gpu", default=None, help="GPU ids for the clients, e.g. 0,1 (default: CPU)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per client")
+    p.add_argument("--central-fold", type=int, default=4, help="fold held out as the central test set")
+    p.add_argument("--val-fold", type=int, default=3, help="fold each site validates on")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--privacy", choices=("none", "percentile"), default="none",
+                   help="percentile: NVFlare's PercentilePrivacy on the sent weight differences")
+    p.add_argument("--percentile", type=int, default=10, help="PercentilePrivacy percentile")
+    p.add_argument("--gamma", type=float, default=0.01, help="PercentilePrivacy clipping bound")
+    p.add_argument("--exclude-vars", default=None, help="regex of parameters that stay at each site")
+    return p
+
+
+def parser(bundle: str) -> argparse.ArgumentParser:
+    p = add_common_options(argparse.ArgumentParser(
+        prog=f"python fl_jobs/{bundle}/job.py", description=f"Federated training of the {bundle} bundle (NVFlare simulator)."))
+    p.add_argument("--export", type=Path, default=None, help="write the NVFlare job folder here instead of running")
+    p.add_argument("--name", default=None, help="job name (default: <bundle>_fedavg)")
+    if bundle == "pcr_dualtask":
+        p.add_argument("--teacher-features", type=Path, required=True,
+                       help="folder with <site>/teacher_features.csv exported by each site with the global teacher")
+    return p
+
+
+def profile_epochs(bundle: str, profile: str) -> int:
+    """Epochs of the bundle's profile: FL rounds x local epochs match centralized training."""
+    root = Path(__file__).resolve().parent.parent / "bundles" / bundle
+    epochs = json.loads((root / "configs" / "train.json").read_text())["epochs"]
+    for name in PROFILES[profile]:
+        epochs = json.loads((root / "configs" / f"{name}.json").read_text()).get("epochs", epochs)
+    return int(epochs)
+
+
+def check_args(bundle: str, args: argparse.Namespace, sites: list[str]) -> None:
+    if args.rounds is None:
+        args.rounds = max(1, profile_epochs(bundle, args.profile) // args.local_epochs)
+    if args.min_clients is None:
+        args.min_clients = len(sites)
+    if not 1 <= args.min_clients <= len(sites):
+        raise SiteDataError(f"--min-clients {args.min_clients}: must be between 1 and --sites ({len(sites)})")
+    for path in (args.data, args.workspace):
+        if " " in str(path.resolve()):  # client arguments are split on whitespace
+            raise SiteDataError(f"{path}: paths with spaces are not supported")
+    if bundle == "pcr_dualtask":
+        for site in sites:
+            features = args.teacher_features / site / "teacher_features.csv"
+            if not features.is_file():
+                raise SiteDataError(f"site {site}: {features} not found (each site exports its patients' T2 "
+                                    "representations with the global teacher; fl_jobs/two_stage.py does it)")
+
+
+def bundle_overrides(args: argparse.Namespace) -> dict:
+    return {"val_fold": args.val_fold, "test_fold": args.central_fold, "seed": args.seed}
+
+
+def client_args(bundle: str, args: argparse.Namespace, site: str, folder: Path) -> str:
+    overrides = bundle_overrides(args)
+    if bundle == "pcr_dualtask":
+        overrides["teacher_features"] = str((args.teacher_features / site / "teacher_features.csv").resolve())
+    text = (f"--bundle {bundle} --data {folder.resolve()} --local-epochs {args.local_epochs} "
+            f"--profile {args.profile} --threads {0 if args.gpu else args.threads} "
+            f"--overrides {json.dumps(overrides, separators=(',', ':'))}")
+    if args.exclude_vars:
+        text += f" --exclude-vars {args.exclude_vars}"
+    return text
+
+
+def build_recipe(bundle: str, args: argparse.Namespace, sites: dict[str, Path], central: Path, source: Path):
+    """NVFlare's FedAvgRecipe for ``bundle``: per-site clients, central evaluator, cross-site evaluation."""
+    from nvflare.apis.dxo import DataKind
+    from nvflare.app_common.filters.percentile_privacy import PercentilePrivacy
+    from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
+    from nvflare.client.config import TransferType
+    from nvflare.recipe import add_cross_site_evaluation, set_per_site_config
+
+    from fl_jobs.server import CentralEvaluator
+
+    files = config_files(args.profile)
+    recipe = FedAvgRecipe(
+        name=args.name or f"{bundle}_fedavg",
+        model={"path": "fl_jobs.bundle.network",
+               "args": {"bundle": bundle, "config_files": files, "overrides": bundle_overrides(args)}},
+        min_clients=args.min_clients,
+        num_rounds=args.rounds,
+        train_script=str(CLIENT),
+        params_transfer_type=TransferType.DIFF,
+        # the best global model: lowest validation loss of the clients, never the central test set
+        key_metric="val_loss",
+        key_metric_mode="min",
+    )
+    set_per_site_config(recipe, {site: {"train_args": client_args(bundle, args, site, folder)}
+                                 for site, folder in sites.items()})
+    # every client app (and the server's) gets its own copy: custom/<bundle>/
+    recipe.add_client_file(str(source))
+    recipe.add_server_file(str(source))
+    evaluator = CentralEvaluator(bundle, files + ["configs/evaluate.json"], str(central.resolve()),
+                                 method=f"fl_{bundle}", overrides=bundle_overrides(args))
+    recipe._job.to_server(evaluator, id="central_evaluator")  # the recipe API has no public hook for components
+    if args.privacy == "percentile":
+        recipe.add_client_output_filter(PercentilePrivacy(percentile=args.percentile, gamma=args.gamma,
+                                                          data_kinds=[DataKind.WEIGHT_DIFF]), tasks=["train"])
+    add_cross_site_evaluation(recipe)
+    return recipe
+
+
+def check_workspace(job_dir: Path, sites: list[str]) -> dict:
+    """What the finished job left: the simulator can exit 0 after an aborted job."""
+    server = job_dir / "server" / "simulate_job"
+    errors = []
+    for log_file in sorted(job_dir.glob("*/simulate_job/log.txt")) + sorted(job_dir.glob("*/log.txt")):
+        errors += [f"{log_file.relative_to(job_dir)}: {line.strip()}" for line in log_file.read_text().splitlines()
+                   if " - ERROR - " in line or "system panic" in line.lower()]
+    if errors:
+        raise JobFailed(f"errors logged ({len(errors)}), first: {errors[0]}")
+    model = server / "app_server" / "FL_global_model.pt"
+    if not model.is_file():
+        raise JobFailed(f"no global model at {model}")
+    metrics_path = server / "central_test" / "metrics.json"
+    central = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    if "final" not in central:
+        raise JobFailed(f"no central-test evaluation of the final global model in {metrics_path}")
+    cross_path = server / "cross_site_val" / "cross_val_results.json"
+    cross = json.loads(cross_path.read_text()) if cross_path.is_file() else {}
+    missing = [s for s in sites if not cross.get(s)]
+    if missing:
+        raise JobFailed(f"cross-site validation results missing for {', '.join(missing)} in {cross_path}")
+    return {"global_model": str(model), "central_test": central, "cross_site": cross,
+            "central_predictions": {k: str(server / "central_test" / f"{k}.csv") for k in ("final", "best")
+                                    if k in central}}
+
+
+def run(bundle: str, args: argparse.Namespace) -> dict:
+    """Split, build, run and check the job; the summary written to ``WS/summary.json``."""
+    workspace = args.workspace.resolve()
+    folders, central = split_sites(args.data, workspace / "sites", args.sites, args.central_fold, args.val_fold)
+    check_args(bundle, args, list(folders))
+    source = copy_bundle(bundle, workspace / "bundle_source").parent
+    recipe = build_recipe(bundle, args, folders, central, source)
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    config.update(bundle=bundle, sites=list(folders))
+    if args.export:
+        recipe.export(str(args.export))
+        log.info("job folder written to %s (run it with: nvflare simulator %s -w WS -n %d -t %d)",
+                 args.export, args.export, len(folders), len(folders))
+        return {"status": "exported", "job_dir": str(args.export), "config": config}
+    from nvflare.recipe import SimEnv
+
+    if not args.gpu:  # one torch thread per client, no oversubscription of the cores
+        os.environ.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    os.environ["TQDM_DISABLE"] = "1"
+    env = SimEnv(clients=list(folders), num_threads=len(folders), gpu_config=args.gpu,
+                 workspace_root=str(workspace))
+    job_dir = workspace / recipe.name
+    summary = {"status": "failed", "job_dir": str(job_dir), "config": config}
+    start = time.monotonic()
+    try:
+        recipe.run(env)
+        summary.update(check_workspace(job_dir, list(folders)), status="ok")
+    except (RuntimeError, JobFailed) as error:
+        summary["reason"] = str(error)
+    summary["wall_time_s"] = round(time.monotonic() - start, 1)
+    atomic_write_json(summary, workspace / "summary.json")
+    return summary
+
+
+def main(bundle: str, argv: list[str] | None = None) -> int:
+    # parsed before nvflare.recipe is imported: that import consumes --export from sys.argv
+    args = parser(bundle).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        summary = run(bundle, args)
+    except SiteDataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if summary["status"] == "failed":
+        print(f"error: federated job failed: {summary['reason']} (see {args.workspace / 'summary.json'})",
+              file=sys.stderr)
+        return 1
+    if summary["status"] == "ok":
+        central = summary["central_test"]
+        best = central.get("best", central["final"])
+        print(f"{bundle}: central-test AUROC {best['auroc']:.3f} (best global model by clients' validation loss), "
+              f"final {central['final']['auroc']:.3f}; summary: {args.workspace / 'summary.json'}")
+    return 0

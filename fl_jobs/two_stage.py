@@ -1,0 +1,166 @@
+"""The two-stage method trained federatedly, beside centralized and local-only training.
+
+``python fl_jobs/two_stage.py --data PREPARED --workspace WS [--sites 3] [--rounds R] ...``
+
+1. ``pcr_teacher`` by FedAvg (``WS/teacher``);
+2. each site exports its own patients' T2 representations with the global teacher
+   (``WS/teacher_features/<site>/``), as it would in its own hospital;
+3. ``pcr_dualtask`` by FedAvg with those targets (``WS/dualtask``);
+4. the baselines, with the same epochs (rounds x local epochs) and the same central test set:
+   the two stages trained on every site's patients pooled (centralized), and on each site's
+   alone (local); then the evaluation report (``WS/report/``) and ``WS/summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from evaluation.cv import holdout
+from evaluation.metrics import auroc
+from evaluation.methods import METHODS, TEACHER
+from evaluation.report import build_report, write_report
+from evaluation.runner import BundleRunError, Runner, Split, root_cause
+from fl_jobs.job import add_common_options
+from fl_jobs.sites import SiteDataError, baseline_cohorts, split_sites
+from preprocessing.atomic import atomic_write_json
+
+FL_JOBS = Path(__file__).resolve().parent
+SHARED = ("data", "sites", "rounds", "local_epochs", "min_clients", "profile", "gpu", "threads", "central_fold",
+          "val_fold", "seed", "privacy", "percentile", "gamma", "exclude_vars")
+log = logging.getLogger("fl_jobs.two_stage")
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def parser() -> argparse.ArgumentParser:
+    p = add_common_options(argparse.ArgumentParser(prog="python fl_jobs/two_stage.py",
+                                                   description=__doc__.splitlines()[0]))
+    p.add_argument("--no-baselines", action="store_true", help="skip centralized and local-only training")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the report's CIs")
+    return p
+
+
+def job_argv(args, workspace: Path) -> list[str]:
+    argv = ["--workspace", str(workspace)]
+    for key in SHARED:
+        value = getattr(args, key)
+        if value is not None:
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+    return argv
+
+
+def run_job(bundle: str, argv: list[str], log_path: Path) -> dict:
+    """One federated job as its own process (each bundle's ``scripts`` package in its own interpreter)."""
+    with open(log_path, "w") as stream:
+        done = subprocess.run([sys.executable, str(FL_JOBS / bundle / "job.py")] + argv,
+                              stdout=stream, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        errors = [line for line in log_path.read_text().splitlines() if line.startswith("error:")]
+        raise StageFailed(f"{bundle} federated job failed: {(errors or [root_cause(log_path.read_text())])[-1]} "
+                          f"-- log: {log_path}")
+    return json.loads((Path(argv[1]) / "summary.json").read_text())
+
+
+def global_teacher(summary: dict, dest: Path) -> Path:
+    """The global teacher (best by the clients' validation loss, else final) as ``dest/model.pt``."""
+    model = Path(summary["global_model"])
+    best = model.with_name("best_" + model.name)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(best if best.is_file() else model, dest / "model.pt")
+    return dest
+
+
+def export_features(args, sites: dict[str, Path], teacher: Path, out: Path) -> Path:
+    """Each site's T2 representations of its own patients from the global teacher."""
+    for site, folder in sites.items():
+        runner = Runner(folder, out, args.profile, seed=args.seed, threads=None if args.gpu else args.threads)
+        runner.run_bundle(TEACHER, ("train", "export"), out / site / "export.log", ckpt_dir=teacher,
+                          output_dir=out / site / "eval", val_fold=args.val_fold, test_fold=args.central_fold,
+                          teacher_features=out / site / "teacher_features.csv")
+    return out
+
+
+def baselines(args, cohorts: dict[str, Path], out: Path, epochs: int) -> dict[str, tuple[pd.DataFrame, float]]:
+    """Two-stage models trained without federation: name -> (central-test predictions, wall seconds)."""
+    results = {}
+    for name, folder in cohorts.items():
+        start = time.monotonic()
+        runner = Runner(folder, out / name, args.profile, epochs=epochs, seed=args.seed, threads=args.threads)
+        test = holdout(runner, [METHODS["dualtask"]], Split(args.val_fold, args.central_fold)).test["dualtask"]
+        results[name] = (test.assign(method=name), time.monotonic() - start)
+        log.info("%s: central-test predictions of %d patients (%.0f s)", name, len(test), results[name][1])
+    return results
+
+
+def run(args) -> dict:
+    workspace = args.workspace.resolve()
+    workspace.mkdir(parents=True, exist_ok=True)
+    sites, central = split_sites(args.data, workspace / "sites", args.sites, args.central_fold, args.val_fold)
+    start = time.monotonic()
+    log.info("stage 1: federated teacher over %s", ", ".join(sites))
+    teacher = run_job("pcr_teacher", job_argv(args, workspace / "teacher"), workspace / "teacher.log")
+    log.info("stage 1: each site exports its patients' T2 representations with the global teacher")
+    features = export_features(args, sites, global_teacher(teacher, workspace / "global_teacher"),
+                               workspace / "teacher_features")
+    log.info("stage 2: federated dual-task")
+    dualtask = run_job("pcr_dualtask", job_argv(args, workspace / "dualtask") + ["--teacher-features", str(features)],
+                       workspace / "dualtask.log")
+    fl_seconds = time.monotonic() - start
+    central_test = dualtask["central_test"]
+    chosen = "best" if "best" in central_test else "final"
+    federated = pd.read_csv(dualtask["central_predictions"][chosen], dtype={"id": str}).assign(method="federated")
+    summary = {"status": "ok", "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "sites": list(sites), "federated": {"model": chosen, "auroc": central_test[chosen]["auroc"],
+                                                  "wall_time_s": round(fl_seconds, 1)},
+               "teacher": {"central_test": teacher["central_test"], "cross_site": teacher["cross_site"]},
+               "dualtask": {"central_test": central_test, "cross_site": dualtask["cross_site"]}}
+    predictions = {"federated": federated}
+    if not args.no_baselines:
+        epochs = int(dualtask["config"]["rounds"]) * args.local_epochs
+        log.info("baselines: centralized and local-only two-stage training, %d epochs each", epochs)
+        for name, (frame, seconds) in baselines(args, baseline_cohorts(sites, central, workspace / "cohorts"),
+                                                workspace / "baselines", epochs).items():
+            predictions[name] = frame
+            summary[name] = {"auroc": auroc(frame["label"], frame["probability"]), "wall_time_s": round(seconds, 1)}
+        summary["fl_over_centralized_wall_time"] = round(fl_seconds / summary["centralized"]["wall_time_s"], 2)
+    report = build_report(predictions, workspace / "report", reference="federated", n_resamples=args.resamples,
+                          seed=args.seed, about={"job": "two-stage federated training", "sites": ", ".join(sites)})
+    write_report(report, workspace / "report", title="pCR prediction: federated vs centralized vs local training")
+    summary["report"] = str(workspace / "report" / "report.html")
+    summary["console"] = report.summary
+    atomic_write_json(summary, workspace / "summary.json")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        summary = run(args)
+    except (SiteDataError, StageFailed, BundleRunError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, SiteDataError) else 1
+    print(summary["console"])
+    lines = [f"federated ({summary['federated']['model']} global model): central-test AUROC "
+             f"{summary['federated']['auroc']:.3f}, {summary['federated']['wall_time_s']:.0f} s"]
+    for name in [k for k in summary if k == "centralized" or k.startswith("local_")]:
+        lines.append(f"{name}: central-test AUROC {summary[name]['auroc']:.3f}, {summary[name]['wall_time_s']:.0f} s")
+    if "fl_over_centralized_wall_time" in summary:
+        lines.append(f"wall time federated / centralized: {summary['fl_over_centralized_wall_time']:.2f}")
+    print("\n".join(lines + [f"report: {summary['report']}", f"summary: {args.workspace / 'summary.json'}"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
