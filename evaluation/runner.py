@@ -28,6 +28,9 @@ from .methods import BUNDLES, TEACHER, Method, model_key
 PROFILES = {"cpu": ("profile_cpu",), "gpu": ()}
 
 
+EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception): ")
+
+
 class BundleRunError(RuntimeError):
     pass
 
@@ -36,7 +39,7 @@ def root_cause(log_text: str) -> str:
     """The first exception line of a log: MONAI wraps a config error in further RuntimeErrors,
     so the innermost (first printed) exception names the real problem."""
     lines = [line.strip() for line in log_text.splitlines() if line.strip()]
-    causes = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    causes = [line for line in lines if EXCEPTION_LINE.match(line)]
     return (causes or lines or ["(no output)"])[0]
 
 

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from evaluation.runner import PROFILES
+from evaluation.runner import EXCEPTION_LINE, PROFILES
 from fl_jobs.bundle import config_files, copy_bundle
 from fl_jobs.sites import SiteDataError, split_sites
 from preprocessing.atomic import atomic_write_json
@@ -144,15 +144,24 @@ def build_recipe(bundle: str, args: argparse.Namespace, sites: dict[str, Path], 
     return recipe
 
 
+def logged_failure(job_dir: Path) -> str | None:
+    """The first failure the sites' (then the server's) logs record: site, exception, log file."""
+    logs = sorted(job_dir.glob("*/log.txt"), key=lambda path: (path.parent.name == "server", path.parent.name))
+    for log_file in logs:
+        lines = log_file.read_text().splitlines()
+        errors = [line for line in lines if " - ERROR - " in line or "system panic" in line.lower()]
+        if errors:
+            causes = [line.strip() for line in lines if EXCEPTION_LINE.match(line)]
+            return f"{log_file.parent.name}: {(causes or errors)[0]} (log: {log_file})"
+    return None
+
+
 def check_workspace(job_dir: Path, sites: list[str]) -> dict:
     """What the finished job left: the simulator can exit 0 after an aborted job."""
     server = job_dir / "server" / "simulate_job"
-    errors = []
-    for log_file in sorted(job_dir.glob("*/simulate_job/log.txt")) + sorted(job_dir.glob("*/log.txt")):
-        errors += [f"{log_file.relative_to(job_dir)}: {line.strip()}" for line in log_file.read_text().splitlines()
-                   if " - ERROR - " in line or "system panic" in line.lower()]
-    if errors:
-        raise JobFailed(f"errors logged ({len(errors)}), first: {errors[0]}")
+    failure = logged_failure(job_dir)
+    if failure:
+        raise JobFailed(failure)
     model = server / "app_server" / "FL_global_model.pt"
     if not model.is_file():
         raise JobFailed(f"no global model at {model}")
@@ -170,13 +179,17 @@ def check_workspace(job_dir: Path, sites: list[str]) -> dict:
                                     if k in central}}
 
 
-def run(bundle: str, args: argparse.Namespace) -> dict:
-    """Split, build, run and check the job; the summary written to ``WS/summary.json``."""
+def run(bundle: str, args: argparse.Namespace, customize=None) -> dict:
+    """Split, build, run and check the job; the summary written to ``WS/summary.json``.
+
+    ``customize(recipe)``, when given, adds to the recipe before it runs (filters, components)."""
     workspace = args.workspace.resolve()
     folders, central = split_sites(args.data, workspace / "sites", args.sites, args.central_fold, args.val_fold)
     check_args(bundle, args, list(folders))
     source = copy_bundle(bundle, workspace / "bundle_source").parent
     recipe = build_recipe(bundle, args, folders, central, source)
+    if customize is not None:
+        customize(recipe)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     config.update(bundle=bundle, sites=list(folders))
     if args.export:
@@ -197,8 +210,10 @@ def run(bundle: str, args: argparse.Namespace) -> dict:
     try:
         recipe.run(env)
         summary.update(check_workspace(job_dir, list(folders)), status="ok")
-    except (RuntimeError, JobFailed) as error:
+    except JobFailed as error:
         summary["reason"] = str(error)
+    except RuntimeError as error:  # the simulator's exit status: the logs say why
+        summary["reason"] = logged_failure(job_dir) or str(error)
     summary["wall_time_s"] = round(time.monotonic() - start, 1)
     atomic_write_json(summary, workspace / "summary.json")
     return summary

@@ -1,0 +1,179 @@
+"""Federated jobs: per-site data, a 1-round 2-site NVFlare simulation end to end, failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fl_jobs.job import main, parser, run
+from fl_jobs.sites import SiteDataError, baseline_cohorts, split_sites
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+# the fake cohort has folds 0-2: fold 2 is the central test set, fold 1 each site's validation
+FOLDS = ["--central-fold", "2", "--val-fold", "1"]
+
+
+def entries(folder: Path) -> list[dict]:
+    return json.loads((folder / "datalist.json").read_text())["training"]
+
+
+def edited_cohort(source: Path, dest: Path, edit) -> Path:
+    """A copy of a prepared cohort's datalist (images referenced in place) after ``edit(entries)``."""
+    datalist = json.loads((source / "datalist.json").read_text())
+    for entry in datalist["training"]:
+        for visit in datalist["visits"]:
+            entry[visit] = str(source / entry[visit])
+    datalist["training"] = edit(datalist["training"])
+    dest.mkdir(parents=True)
+    (dest / "datalist.json").write_text(json.dumps(datalist))
+    return dest
+
+
+def test_split_sites_keeps_each_site_and_the_central_test_set_apart(fake_prepared, tmp_path):
+    sites, central = split_sites(fake_prepared, tmp_path, sites=2, central_fold=2, val_fold=1)
+    assert list(sites) == ["S01", "S02"]
+    test_ids = {e["id"] for e in entries(central)}
+    assert test_ids and all(e["fold"] == 2 and e["site"] in sites for e in entries(central))
+    seen = set()
+    for name, folder in sites.items():
+        own = entries(folder)
+        assert all(e["site"] == name and e["fold"] != 2 for e in own)
+        assert all(Path(e["T0"]).is_absolute() and Path(e["T0"]).is_file() for e in own)
+        ids = {e["id"] for e in own}
+        assert not ids & test_ids and not ids & seen
+        seen |= ids
+    cohorts = baseline_cohorts(sites, central, tmp_path / "cohorts")
+    assert {e["id"] for e in entries(cohorts["centralized"])} == seen | test_ids
+    assert {e["id"] for e in entries(cohorts["local_S01"])} == {e["id"] for e in entries(sites["S01"])} | test_ids
+
+
+@pytest.mark.parametrize("edit, sites, message", [
+    (lambda es: es, 4, "the cohort has 3 site(s)"),
+    (lambda es: [dict(e, fold=2) if e["site"] == "S02" else e for e in es], None, "site S02 has no training patients"),
+    (lambda es: [e for e in es if not (e["site"] == "S03" and e["fold"] == 0 and e["label"] == 1)], None,
+     "site S03: its 1 training patients are all of one class"),
+    (lambda es: [e for e in es if e["fold"] != 2 or e["label"] == 0], None, "central test fold 2 needs patients of both"),
+])
+def test_split_sites_refuses_unusable_cohorts(fake_prepared, tmp_path, edit, sites, message):
+    data = edited_cohort(fake_prepared, tmp_path / "data", edit)
+    with pytest.raises(SiteDataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        split_sites(data, tmp_path / "out", sites=sites, central_fold=2, val_fold=1)
+
+
+def test_job_exits_2_naming_the_missing_data_folder(tmp_path, capsys):
+    assert main("pcr_teacher", ["--data", str(tmp_path / "nowhere"), "--workspace", str(tmp_path / "ws")]) == 2
+    assert "nowhere/datalist.json: not found" in capsys.readouterr().err
+    assert not (tmp_path / "ws" / "summary.json").exists()
+
+
+def test_dualtask_job_needs_each_sites_teacher_features(fake_prepared, tmp_path, capsys):
+    argv = ["--data", str(fake_prepared), "--workspace", str(tmp_path / "ws"), "--sites", "2",
+            "--teacher-features", str(tmp_path / "features")] + FOLDS
+    assert main("pcr_dualtask", argv) == 2
+    assert "site S01:" in capsys.readouterr().err
+
+
+def test_export_writes_a_job_folder_for_the_nvflare_simulator(fake_prepared, tmp_path):
+    argv = ["--data", str(fake_prepared), "--workspace", str(tmp_path / "ws"), "--sites", "2", "--rounds", "1",
+            "--privacy", "percentile", "--exclude-vars", "clinical", "--export", str(tmp_path / "job")] + FOLDS
+    done = subprocess.run([sys.executable, str(ROOT / "fl_jobs" / "pcr_teacher" / "job.py")] + argv,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    job = tmp_path / "job" / "pcr_teacher_fedavg"
+    meta = json.loads((job / "meta.json").read_text())
+    assert set(meta["deploy_map"]) >= {"app_server", "app_S01", "app_S02"}
+    for site in ("S01", "S02"):
+        custom = job / f"app_{site}" / "custom"
+        assert (custom / "client.py").is_file() and (custom / "pcr_teacher" / "configs" / "train.json").is_file()
+        client = json.loads((job / f"app_{site}" / "config" / "config_fed_client.json").read_text())
+        text = json.dumps(client)
+        assert "PercentilePrivacy" in text and "--exclude-vars clinical" in text
+        assert f"sites/{site}" in text and not f"sites/{'S02' if site == 'S01' else 'S01'}" in text
+    server = (job / "app_server" / "config" / "config_fed_server.json").read_text()
+    assert "CentralEvaluator" in server and "sites/central" in server and "CrossSiteModelEval" in server
+
+
+@pytest.fixture(scope="module")
+def one_round(fake_prepared, tmp_path_factory):
+    """A 1-round, 2-site teacher job, with a filter recording everything the clients send."""
+    from fl_audit import SentRecorder  # found by the simulator's processes through PYTHONPATH
+
+    workspace = tmp_path_factory.mktemp("fl")
+    sent = workspace / "sent.jsonl"
+    args = parser("pcr_teacher").parse_args(["--data", str(fake_prepared), "--workspace", str(workspace),
+                                             "--sites", "2", "--rounds", "1"] + FOLDS)
+
+    def record(recipe):
+        recipe.add_client_output_filter(SentRecorder(str(sent)), tasks=["train", "submit_model", "validate"])
+
+    summary = run("pcr_teacher", args, customize=record)
+    return summary, workspace, sent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def simulator_env():
+    """The recorder importable in the simulator's processes; environment restored afterwards."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", str(TESTS))
+        mp.syspath_prepend(str(TESTS))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TQDM_DISABLE"):
+            mp.setenv(name, "1")
+        yield
+
+
+def test_one_round_two_sites_end_to_end(one_round, fake_prepared):
+    summary, workspace, _ = one_round
+    assert summary["status"] == "ok", summary.get("reason")
+    assert json.loads((workspace / "summary.json").read_text())["status"] == "ok"
+    central = summary["central_test"]
+    n_central = sum(1 for e in entries(fake_prepared) if e["fold"] == 2 and e["site"] in ("S01", "S02"))
+    assert [r["round"] for r in central["rounds"]] == [0]
+    assert central["final"]["patients"] == n_central and 0.0 <= central["final"]["auroc"] <= 1.0
+    assert central["final"] == {k: v for k, v in central["rounds"][0].items() if k != "round"}
+    # cross-site matrix: each site's data x (global model + each site's model)
+    for site in ("S01", "S02"):
+        assert set(summary["cross_site"][site]) == {"SRV_FL_global_model.pt", "S01", "S02"}
+    # each client trained its own copy of the bundle
+    job_dir = Path(summary["job_dir"])
+    for site in ("S01", "S02"):
+        assert (job_dir / site / "simulate_job" / f"app_{site}" / "custom" / "pcr_teacher" / "models" / "model.pt").is_file()
+    assert "model" in torch.load(summary["global_model"], map_location="cpu", weights_only=True)
+
+
+def test_clients_send_only_weights_differences_and_metrics(one_round):
+    summary, _, sent = one_round
+    records = [json.loads(line) for line in sent.read_text().splitlines()]
+    state = torch.load(summary["global_model"], map_location="cpu", weights_only=True)["model"]
+    assert {r["task"] for r in records} == {"train", "submit_model", "validate"}
+    for record in records:
+        if record["task"] == "validate":
+            assert record["kind"] == "METRICS" and set(record["keys"]) == {"val_loss", "val_auc"}
+        else:
+            assert record["kind"] == ("WEIGHT_DIFF" if record["task"] == "train" else "WEIGHTS")
+            assert set(record["keys"]) == set(state) and record["types"] == ["ndarray"]
+        assert not any("FAKE" in json.dumps(v) for v in (record["keys"], record["meta"]))  # no patient id
+
+
+def test_a_failing_client_ends_the_job_with_its_reason(fake_prepared, tmp_path, capsys):
+    def break_site_two(es):
+        for e in es:
+            if e["site"] == "S02" and e["fold"] == 0:
+                broken = tmp_path / f"{e['id']}_T0.nii.gz"
+                broken.write_bytes(b"not an image")
+                e["T0"] = str(broken)
+        return es
+
+    data = edited_cohort(fake_prepared, tmp_path / "data", break_site_two)
+    argv = ["--data", str(data), "--workspace", str(tmp_path / "ws"), "--sites", "2", "--rounds", "1",
+            "--min-clients", "1"] + FOLDS
+    assert main("pcr_teacher", argv) == 1
+    err = capsys.readouterr().err
+    assert "federated job failed: S02: " in err and "ImageFileError" in err  # the site and its exception
+    summary = json.loads((tmp_path / "ws" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["reason"].startswith("S02: ")
