@@ -43,7 +43,8 @@ def roc_figure(curves: dict[str, pd.DataFrame], legends: dict[str, str], title: 
     """``curves``: method -> frame with ``label``, ``probability``; ``legends``: method -> text."""
     fig, ax = _axes(title)
     for name, frame in curves.items():
-        RocCurveDisplay.from_predictions(frame.label, frame.probability, name=legends[name], ax=ax, plot_chance_level=False)
+        display = RocCurveDisplay.from_predictions(frame.label, frame.probability, ax=ax, plot_chance_level=False)
+        display.line_.set_label(legends[name])  # the legend text already holds the area and its CI
     ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity")
     ax.legend(loc="lower right", fontsize="small")
@@ -53,7 +54,8 @@ def roc_figure(curves: dict[str, pd.DataFrame], legends: dict[str, str], title: 
 def pr_figure(curves: dict[str, pd.DataFrame], legends: dict[str, str], title: str = "Precision-recall curves"):
     fig, ax = _axes(title)
     for name, frame in curves.items():
-        PrecisionRecallDisplay.from_predictions(frame.label, frame.probability, name=legends[name], ax=ax)
+        display = PrecisionRecallDisplay.from_predictions(frame.label, frame.probability, ax=ax)
+        display.line_.set_label(legends[name])
     prevalence = next(iter(curves.values())).label.mean()
     ax.axhline(prevalence, ls=":", color="grey", lw=1, label=f"pCR rate {prevalence:.2f}")
     ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", ylim=(0, 1.02))

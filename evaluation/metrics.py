@@ -101,7 +101,9 @@ def calibration_slope(y_true, y_prob) -> float:
     y, p = check_binary(y_true, y_prob)
     _both_classes(y, "the calibration slope")
     x = logit(np.clip(p, CLIP, 1 - CLIP))[:, None]
-    return float(LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(x, y).coef_[0, 0])
+    # Newton steps: lbfgs stops early (ABNORMAL line search) when some logits are extreme
+    model = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-10, max_iter=1000)
+    return float(model.fit(x, y).coef_[0, 0])
 
 
 def expected_calibration_error(y_true, y_prob, n_bins: int = 10) -> float:
