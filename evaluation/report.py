@@ -169,7 +169,7 @@ def _headline(stats: Statistics) -> list[str]:
         return []
     r = stats.delong["conv1"]
     return [f"Dual-task vs Conventional #1: AUROC {r.auc_a:.3f} vs {r.auc_b:.3f}, difference {r.auc_a - r.auc_b:+.3f}, "
-            f"paired DeLong p = {fmt_p(r.p_value)}."]
+            f"paired DeLong p {'< 0.001' if r.p_value < 0.001 else f'= {r.p_value:.3f}'}."]
 
 
 def _performance_sections(stats: Statistics) -> list[Section]:
