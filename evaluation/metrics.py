@@ -7,11 +7,14 @@ calibration intercept and slope, expected calibration error, and percentile boot
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
+from scipy.linalg import LinAlgWarning
 from scipy.optimize import brentq
 from scipy.special import expit, logit
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score, roc_curve
 
@@ -101,9 +104,15 @@ def calibration_slope(y_true, y_prob) -> float:
     y, p = check_binary(y_true, y_prob)
     _both_classes(y, "the calibration slope")
     x = logit(np.clip(p, CLIP, 1 - CLIP))[:, None]
-    # Newton steps: lbfgs stops early (ABNORMAL line search) when some logits are extreme
+    # Newton steps: lbfgs stops early (ABNORMAL line search) when some logits are extreme. Under
+    # (quasi-)separation, as in some bootstrap resamples of small sets, the maximum-likelihood slope
+    # does not exist: the solver's large value is kept (an extreme resample for the percentile
+    # interval) and the solver's warnings silenced.
     model = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-10, max_iter=1000)
-    return float(model.fit(x, y).coef_[0, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", LinAlgWarning)
+        return float(model.fit(x, y).coef_[0, 0])
 
 
 def expected_calibration_error(y_true, y_prob, n_bins: int = 10) -> float:
