@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from evaluation.runner import EXCEPTION_LINE, PROFILES
-from fl_jobs.bundle import config_files, copy_bundle
+from fl_jobs.bundle import BUNDLES, config_files, copy_bundle
 from fl_jobs.sites import SiteDataError, split_sites
 from preprocessing.atomic import atomic_write_json
 
@@ -28,6 +28,10 @@ log = logging.getLogger("fl_jobs")
 
 class JobFailed(RuntimeError):
     """The simulator ran, but the job did not finish its work."""
+
+
+class OptionError(ValueError):
+    """Options that cannot work together or with this cohort."""
 
 
 def add_common_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -65,7 +69,7 @@ def parser(bundle: str) -> argparse.ArgumentParser:
 
 def profile_epochs(bundle: str, profile: str) -> int:
     """Epochs of the bundle's profile: FL rounds x local epochs match centralized training."""
-    root = Path(__file__).resolve().parent.parent / "bundles" / bundle
+    root = BUNDLES / bundle
     epochs = json.loads((root / "configs" / "train.json").read_text())["epochs"]
     for name in PROFILES[profile]:
         epochs = json.loads((root / "configs" / f"{name}.json").read_text()).get("epochs", epochs)
@@ -73,20 +77,23 @@ def profile_epochs(bundle: str, profile: str) -> int:
 
 
 def check_args(bundle: str, args: argparse.Namespace, sites: list[str]) -> None:
+    for option in ("rounds", "local_epochs", "threads"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            raise OptionError(f"--{option.replace('_', '-')} must be at least 1")
     if args.rounds is None:
         args.rounds = max(1, profile_epochs(bundle, args.profile) // args.local_epochs)
     if args.min_clients is None:
         args.min_clients = len(sites)
     if not 1 <= args.min_clients <= len(sites):
-        raise SiteDataError(f"--min-clients {args.min_clients}: must be between 1 and --sites ({len(sites)})")
+        raise OptionError(f"--min-clients {args.min_clients}: must be between 1 and --sites ({len(sites)})")
     for path in (args.data, args.workspace):
         if " " in str(path.resolve()):  # client arguments are split on whitespace
-            raise SiteDataError(f"{path}: paths with spaces are not supported")
+            raise OptionError(f"{path}: paths with spaces are not supported")
     if bundle == "pcr_dualtask":
         for site in sites:
             features = args.teacher_features / site / "teacher_features.csv"
             if not features.is_file():
-                raise SiteDataError(f"site {site}: {features} not found (each site exports its patients' T2 "
+                raise OptionError(f"site {site}: {features} not found (each site exports its patients' T2 "
                                     "representations with the global teacher; fl_jobs/two_stage.py does it)")
 
 
@@ -225,7 +232,7 @@ def main(bundle: str, argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         summary = run(bundle, args)
-    except SiteDataError as error:
+    except (SiteDataError, OptionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if summary["status"] == "failed":
@@ -234,7 +241,7 @@ def main(bundle: str, argv: list[str] | None = None) -> int:
         return 1
     if summary["status"] == "ok":
         central = summary["central_test"]
-        best = central.get("best", central["final"])
-        print(f"{bundle}: central-test AUROC {best['auroc']:.3f} (best global model by clients' validation loss), "
-              f"final {central['final']['auroc']:.3f}; summary: {args.workspace / 'summary.json'}")
+        best = f"best global model (clients' validation loss) {central['best']['auroc']:.3f}, " if "best" in central else ""
+        print(f"{bundle}: central-test AUROC: {best}final global model {central['final']['auroc']:.3f}; "
+              f"summary: {args.workspace / 'summary.json'}")
     return 0

@@ -29,7 +29,7 @@ from evaluation.metrics import auroc
 from evaluation.methods import METHODS, TEACHER
 from evaluation.report import build_report, write_report
 from evaluation.runner import BundleRunError, Runner, Split, root_cause
-from fl_jobs.job import add_common_options
+from fl_jobs.job import OptionError, add_common_options
 from fl_jobs.sites import SiteDataError, baseline_cohorts, split_sites
 from preprocessing.atomic import atomic_write_json
 
@@ -84,7 +84,7 @@ def global_teacher(summary: dict, dest: Path) -> Path:
 def export_features(args, sites: dict[str, Path], teacher: Path, out: Path) -> Path:
     """Each site's T2 representations of its own patients from the global teacher."""
     for site, folder in sites.items():
-        runner = Runner(folder, out, args.profile, seed=args.seed, threads=None if args.gpu else args.threads)
+        runner = Runner(folder, out, args.profile, seed=args.seed)
         runner.run_bundle(TEACHER, ("train", "export"), out / site / "export.log", ckpt_dir=teacher,
                           output_dir=out / site / "eval", val_fold=args.val_fold, test_fold=args.central_fold,
                           teacher_features=out / site / "teacher_features.csv")
@@ -96,7 +96,8 @@ def baselines(args, cohorts: dict[str, Path], out: Path, epochs: int) -> dict[st
     results = {}
     for name, folder in cohorts.items():
         start = time.monotonic()
-        runner = Runner(folder, out / name, args.profile, epochs=epochs, seed=args.seed, threads=args.threads)
+        # one training at a time with torch's default threads: the machine is the baseline's alone
+        runner = Runner(folder, out / name, args.profile, epochs=epochs, seed=args.seed)
         test = holdout(runner, [METHODS["dualtask"]], Split(args.val_fold, args.central_fold)).test["dualtask"]
         results[name] = (test.assign(method=name), time.monotonic() - start)
         log.info("%s: central-test predictions of %d patients (%.0f s)", name, len(test), results[name][1])
@@ -148,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         summary = run(args)
-    except (SiteDataError, StageFailed, BundleRunError) as error:
+    except (SiteDataError, OptionError, StageFailed, BundleRunError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2 if isinstance(error, SiteDataError) else 1
+        return 2 if isinstance(error, (SiteDataError, OptionError)) else 1
     print(summary["console"])
     lines = [f"federated ({summary['federated']['model']} global model): central-test AUROC "
              f"{summary['federated']['auroc']:.3f}, {summary['federated']['wall_time_s']:.0f} s"]
