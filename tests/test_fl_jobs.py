@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -177,3 +178,21 @@ def test_a_failing_client_ends_the_job_with_its_reason(fake_prepared, tmp_path, 
     assert "federated job failed: S02: " in err and "ImageFileError" in err  # the site and its exception
     summary = json.loads((tmp_path / "ws" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["reason"].startswith("S02: ")
+
+
+def test_two_stage_pipeline_keeps_each_sites_targets_at_the_site(fake_prepared, tmp_path, capsys):
+    from fl_jobs.two_stage import main as two_stage
+
+    workspace = tmp_path / "ws"
+    argv = ["--data", str(fake_prepared), "--workspace", str(workspace), "--sites", "2", "--rounds", "1",
+            "--no-baselines", "--resamples", "20"] + FOLDS
+    assert two_stage(argv) == 0
+    summary = json.loads((workspace / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["federated"]["model"] == "final"  # 1 round: no best model
+    assert summary["dualtask"]["central_test"]["final"]["patients"] == summary["teacher"]["central_test"]["final"]["patients"]
+    for site in ("S01", "S02"):
+        features = workspace / "teacher_features" / site / "teacher_features.csv"
+        exported = set(pd.read_csv(features, dtype={"id": str})["id"])
+        assert exported == {e["id"] for e in entries(workspace / "sites" / site)}  # its own patients, no test patient
+    out = capsys.readouterr().out
+    assert "federated (final global model): central-test AUROC" in out and (workspace / "report" / "report.html").is_file()
