@@ -201,8 +201,8 @@ def run(bundle: str, args: argparse.Namespace, customize=None) -> dict:
     config.update(bundle=bundle, sites=list(folders))
     if args.export:
         recipe.export(str(args.export))
-        log.info("job folder written to %s (run it with: nvflare simulator %s -w WS -n %d -t %d)",
-                 args.export, args.export, len(folders), len(folders))
+        command = f"nvflare simulator {args.export / recipe.name} -w WS -c {','.join(folders)} -t {len(folders)}"
+        log.info("job folder written to %s (run it with: %s)", args.export / recipe.name, command)
         return {"status": "exported", "job_dir": str(args.export), "config": config}
     from nvflare.recipe import SimEnv
 
