@@ -60,16 +60,16 @@ def job_argv(args, workspace: Path) -> list[str]:
     return argv
 
 
-def run_job(bundle: str, argv: list[str], log_path: Path) -> dict:
+def run_job(bundle: str, args, workspace: Path, log_path: Path, extra: list[str] = ()) -> dict:
     """One federated job as its own process (each bundle's ``scripts`` package in its own interpreter)."""
     with open(log_path, "w") as stream:
-        done = subprocess.run([sys.executable, str(FL_JOBS / bundle / "job.py")] + argv,
+        done = subprocess.run([sys.executable, str(FL_JOBS / bundle / "job.py")] + job_argv(args, workspace) + list(extra),
                               stdout=stream, stderr=subprocess.STDOUT)
     if done.returncode != 0:
         errors = [line for line in log_path.read_text().splitlines() if line.startswith("error:")]
         raise StageFailed(f"{bundle} federated job failed: {(errors or [root_cause(log_path.read_text())])[-1]} "
                           f"-- log: {log_path}")
-    return json.loads((Path(argv[1]) / "summary.json").read_text())
+    return json.loads((workspace / "summary.json").read_text())
 
 
 def global_teacher(summary: dict, dest: Path) -> Path:
@@ -110,13 +110,13 @@ def run(args) -> dict:
     sites, central = split_sites(args.data, workspace / "sites", args.sites, args.central_fold, args.val_fold)
     start = time.monotonic()
     log.info("stage 1: federated teacher over %s", ", ".join(sites))
-    teacher = run_job("pcr_teacher", job_argv(args, workspace / "teacher"), workspace / "teacher.log")
+    teacher = run_job("pcr_teacher", args, workspace / "teacher", workspace / "teacher.log")
     log.info("stage 1: each site exports its patients' T2 representations with the global teacher")
     features = export_features(args, sites, global_teacher(teacher, workspace / "global_teacher"),
                                workspace / "teacher_features")
     log.info("stage 2: federated dual-task")
-    dualtask = run_job("pcr_dualtask", job_argv(args, workspace / "dualtask") + ["--teacher-features", str(features)],
-                       workspace / "dualtask.log")
+    dualtask = run_job("pcr_dualtask", args, workspace / "dualtask", workspace / "dualtask.log",
+                       ["--teacher-features", str(features)])
     fl_seconds = time.monotonic() - start
     central_test = dualtask["central_test"]
     chosen = "best" if "best" in central_test else "final"
@@ -136,7 +136,10 @@ def run(args) -> dict:
             summary[name] = {"auroc": auroc(frame["label"], frame["probability"]), "wall_time_s": round(seconds, 1)}
         summary["fl_over_centralized_wall_time"] = round(fl_seconds / summary["centralized"]["wall_time_s"], 2)
     report = build_report(predictions, workspace / "report", reference="federated", n_resamples=args.resamples,
-                          seed=args.seed, about={"job": "two-stage federated training", "sites": ", ".join(sites)})
+                          seed=args.seed, about={"job": "two-stage federated training (FedAvg)", "sites": ", ".join(sites),
+                                                 "profile": args.profile, "rounds x local epochs":
+                                                 f"{dualtask['config']['rounds']} x {args.local_epochs}",
+                                                 "central test": f"fold {args.central_fold} of every site"})
     write_report(report, workspace / "report", title="pCR prediction: federated vs centralized vs local training")
     summary["report"] = str(workspace / "report" / "report.html")
     summary["console"] = report.summary
