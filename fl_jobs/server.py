@@ -104,8 +104,10 @@ class CentralEvaluator(FLComponent):
         """Evaluate the final and the best global model; remove the working folder."""
         if not self._results["rounds"]:
             return  # no round finished: the job's own checks report it
-        final = self._checkpoint(fl_ctx, DefaultCheckpointFileName.GLOBAL_MODEL)
-        self._results["final"] = self.evaluate("final", self._load(final), fl_ctx)
+        # FedAvg persists every round's model: the final one is the last round's, already evaluated
+        last = self._results["rounds"][-1]
+        self._results["final"] = {k: v for k, v in last.items() if k != "round"}
+        shutil.copy2(self._out(fl_ctx) / f"round_{last['round']}.csv", self._out(fl_ctx) / "final.csv")
         best = self._checkpoint(fl_ctx, DefaultCheckpointFileName.BEST_GLOBAL_MODEL)
         if best.is_file():
             self._results["best"] = self.evaluate("best", self._load(best), fl_ctx)
