@@ -23,7 +23,7 @@ from preprocessing.atomic import atomic_write_json
 
 from .cv import Predictions, nested_cv
 from .methods import METHODS, TEACHER, parse_methods
-from .runner import Runner, config_files, threads_per_job
+from .runner import Runner, merged_settings, threads_per_job
 
 # cpu: one inner split per outer fold, 8 epochs, two outer folds at once: about an hour on 2 cores
 BENCHMARK_PROFILES = {"cpu": {"inner_folds": 1, "jobs": 2, "epochs": 8},
@@ -32,9 +32,7 @@ BENCHMARK_PROFILES = {"cpu": {"inner_folds": 1, "jobs": 2, "epochs": 8},
 
 def bundle_settings(profile: str) -> dict:
     """Top-level training settings of the stage-1 bundle under ``profile`` (stage 2 uses the same)."""
-    merged = {}
-    for path in config_files(TEACHER, ("train",), profile):
-        merged.update(json.loads(Path(path).read_text()))
+    merged = merged_settings(TEACHER, ("train",), profile)
     return {k: merged[k] for k in ("epochs", "widen_factor", "batch_size", "learning_rate", "seed")}
 
 

@@ -43,10 +43,22 @@ def root_cause(log_text: str) -> str:
     return (causes or lines or ["(no output)"])[0]
 
 
+def relative_config_files(configs: tuple[str, ...], profile: str) -> list[str]:
+    """A bundle's config files relative to its root: the first, then the profile's overrides, then the rest."""
+    return [f"configs/{name}.json" for name in configs[:1] + PROFILES[profile] + configs[1:]]
+
+
 def config_files(bundle: str, configs: tuple[str, ...], profile: str) -> list[str]:
-    """Paths of a bundle's config files: the first, then the profile's overrides, then the rest."""
-    names = configs[:1] + PROFILES[profile] + configs[1:]
-    return [str(BUNDLES / bundle / "configs" / f"{name}.json") for name in names]
+    """Paths of a bundle's config files (order of ``relative_config_files``)."""
+    return [str(BUNDLES / bundle / path) for path in relative_config_files(configs, profile)]
+
+
+def merged_settings(bundle: str, configs: tuple[str, ...], profile: str) -> dict:
+    """Top-level keys of a bundle's config files after the later files' overrides."""
+    merged = {}
+    for path in config_files(bundle, configs, profile):
+        merged.update(json.loads(Path(path).read_text()))
+    return merged
 
 
 def threads_per_job(jobs: int) -> int | None:

@@ -12,15 +12,9 @@ from pathlib import Path
 
 from monai.bundle import ConfigParser
 
-from evaluation.runner import PROFILES
+from evaluation.methods import BUNDLES
 
-BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
 COPIED = ("configs", "scripts", "docs", "LICENSE")  # models/ and eval/ of local runs stay behind
-
-
-def config_files(profile: str, *names: str) -> list[str]:
-    """Config files relative to the bundle root: train.json, the profile's overrides, then ``names``."""
-    return [f"configs/{n}.json" for n in ("train",) + PROFILES[profile] + names]
 
 
 def copy_bundle(name: str, dest: Path) -> Path:

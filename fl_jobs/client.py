@@ -26,7 +26,8 @@ from monai.fl.utils.constants import ExtraItems, FlStatistics, ModelType
 from monai.fl.utils.exchange_object import ExchangeObject
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
-from fl_jobs.bundle import config_files, find_bundle
+from evaluation.runner import relative_config_files
+from fl_jobs.bundle import find_bundle
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,9 +59,9 @@ def main() -> None:
         bundle_root=bundle_root,
         local_epochs=args.local_epochs,
         send_weight_diff=True,
-        config_train_filename=config_files(args.profile),
+        config_train_filename=relative_config_files(("train",), args.profile),
         train_kwargs=dict(overrides),
-        config_evaluate_filename=config_files(args.profile, "evaluate"),
+        config_evaluate_filename=relative_config_files(("train", "evaluate"), args.profile),
         # evaluation on the site's own validation patients (the test fold is held centrally)
         eval_kwargs={**overrides, "eval_folds": "$[@val_fold]"},
     )

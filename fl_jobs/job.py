@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from evaluation.runner import EXCEPTION_LINE, PROFILES
-from fl_jobs.bundle import BUNDLES, config_files, copy_bundle
+from evaluation.runner import EXCEPTION_LINE, PROFILES, merged_settings, relative_config_files
+from fl_jobs.bundle import copy_bundle
 from fl_jobs.sites import SiteDataError, split_sites
 from preprocessing.atomic import atomic_write_json
 
@@ -67,21 +67,13 @@ def parser(bundle: str) -> argparse.ArgumentParser:
     return p
 
 
-def profile_epochs(bundle: str, profile: str) -> int:
-    """Epochs of the bundle's profile: FL rounds x local epochs match centralized training."""
-    root = BUNDLES / bundle
-    epochs = json.loads((root / "configs" / "train.json").read_text())["epochs"]
-    for name in PROFILES[profile]:
-        epochs = json.loads((root / "configs" / f"{name}.json").read_text()).get("epochs", epochs)
-    return int(epochs)
-
-
 def check_args(bundle: str, args: argparse.Namespace, sites: list[str]) -> None:
     for option in ("rounds", "local_epochs", "threads"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             raise OptionError(f"--{option.replace('_', '-')} must be at least 1")
     if args.rounds is None:
-        args.rounds = max(1, profile_epochs(bundle, args.profile) // args.local_epochs)
+        # FL rounds x local epochs = the epochs of centralized training under the profile
+        args.rounds = max(1, int(merged_settings(bundle, ("train",), args.profile)["epochs"]) // args.local_epochs)
     if args.min_clients is None:
         args.min_clients = len(sites)
     if not 1 <= args.min_clients <= len(sites):
@@ -123,7 +115,7 @@ def build_recipe(bundle: str, args: argparse.Namespace, sites: dict[str, Path], 
 
     from fl_jobs.server import CentralEvaluator
 
-    files = config_files(args.profile)
+    files = relative_config_files(("train",), args.profile)
     recipe = FedAvgRecipe(
         name=args.name or f"{bundle}_fedavg",
         model={"path": "fl_jobs.bundle.network",
