@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                                                args.seed, args.method, args.jobs)
             _report(args, predictions.test, predictions.validation, about)
             return 0
-        default = "dualtask,conv1,conv2,teacher" if args.command == "holdout" else "dualtask"
+        default = "dualtask,conv1,conv2,teacher,lr_clinical,lr_ftv,lr_ftv_t2" if args.command == "holdout" else "dualtask"
         methods = parse_methods(args.method or default)
         if args.command == "cv":
             runner = Runner(args.data.resolve(), args.out.resolve(), args.profile, args.epochs, args.seed,

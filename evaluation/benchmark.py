@@ -1,12 +1,12 @@
 """``python -m evaluation benchmark``: the comparison of Jing & Wang (Table 2) over the bundles.
 
 Every method (two-stage dual-task, Conventional #1 and #2, the five ablations, the stage-1
-teacher on T0-T2) by nested cross-validation on one cohort, then the report. The CPU profile
-trains one inner split per outer fold (validation = the preceding fold) for 8 epochs and runs two
-outer folds at once with one torch thread each, so that the whole comparison fits in about an
-hour on two cores;
-the GPU profile is the paper's: every inner split (soft voting over four models), full widths,
-150 epochs.
+teacher on T0-T2, the classical logistic regressions) by nested cross-validation on one cohort,
+then the report. The CPU profile soft-votes two inner models per outer fold (validation = the two
+folds preceding the test fold), each trained with the bundles' CPU profile (16^3 voxels, widths
+x0.125, 30 epochs), two trainings at once with one torch thread each, so that the whole
+comparison fits in about an hour on two cores; the GPU profile is the paper's: every inner split
+(soft voting over four models), full widths, 150 epochs.
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ from .cv import Predictions, nested_cv
 from .methods import METHODS, TEACHER, parse_methods
 from .runner import Runner, merged_settings, threads_per_job
 
-# cpu: one inner split per outer fold, 8 epochs, two outer folds at once: about an hour on 2 cores
-BENCHMARK_PROFILES = {"cpu": {"inner_folds": 1, "jobs": 2, "epochs": 8},
-                      "gpu": {"inner_folds": None, "jobs": 1, "epochs": None}}
+# cpu: two inner splits per outer fold (soft voting over two models), the CPU profile's epochs,
+# two trainings at once with one torch thread each: about an hour on 2 cores
+BENCHMARK_PROFILES = {"cpu": {"inner_folds": 2, "jobs": 2}, "gpu": {"inner_folds": None, "jobs": 1}}
 
 
 def bundle_settings(profile: str) -> dict:
     """Top-level training settings of the stage-1 bundle under ``profile`` (stage 2 uses the same)."""
     merged = merged_settings(TEACHER, ("train",), profile)
-    return {k: merged[k] for k in ("epochs", "widen_factor", "batch_size", "learning_rate", "seed")}
+    return {k: merged[k] for k in ("epochs", "widen_factor", "spatial_size", "batch_size", "learning_rate", "seed")}
 
 
 def _device() -> str:
@@ -49,7 +49,6 @@ def run_benchmark(data: Path, out: Path, profile: str, epochs: int | None = None
     chosen = parse_methods(methods or ",".join(METHODS))
     inner_folds = BENCHMARK_PROFILES[profile]["inner_folds"]
     jobs = jobs or BENCHMARK_PROFILES[profile]["jobs"]
-    epochs = epochs or BENCHMARK_PROFILES[profile]["epochs"]
     runner = Runner(data, out, profile, epochs, seed, threads=threads_per_job(jobs))
     reused = len(list(out.glob("models/*/*/trained.json")))
     started = time.perf_counter()
@@ -64,15 +63,16 @@ def run_benchmark(data: Path, out: Path, profile: str, epochs: int | None = None
     pcr = sum(e["label"] for e in entries) / len(entries)
     about = {
         "cohort": f"{data} ({len(entries)} patients, pCR rate {pcr:.1%}, folds {folds}, datalist digest {runner.cohort})",
-        "profile": f"{profile}: epochs {settings['epochs']}, widen_factor {settings['widen_factor']}, batch size "
+        "profile": f"{profile}: epochs {settings['epochs']}, widen_factor {settings['widen_factor']}, input voxels "
+                   f"{settings['spatial_size'] or 'as prepared'}, batch size "
                    f"{settings['batch_size']}, learning rate {settings['learning_rate']}",
         "design": f"{len(folds)} outer folds x {inner_folds or len(folds) - 1} inner split(s) per outer fold "
-                  f"({'validation = the preceding fold' if inner_folds else 'every other fold validates once'}), "
+                  f"({f'validated on the {inner_folds} fold(s) preceding the test fold' if inner_folds else 'every other fold validates once'}), "
                   "soft voting over the inner models",
         "seeds": f"training seed {seed}; bootstrap seed 0",
         "methods": ", ".join(m.name for m in chosen),
         "models": f"{trained} trained models ({reused} reused from an earlier run of the same settings)",
-        "wall time": f"{wall / 60:.1f} min for training and testing ({jobs} outer fold(s) at once, "
+        "wall time": f"{wall / 60:.1f} min for training and testing ({jobs} training task(s) at once, "
                      f"{runner.threads or torch.get_num_threads()} torch thread(s) each)",
         "machine": _device(),
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

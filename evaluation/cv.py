@@ -27,9 +27,10 @@ PREDICTION_COLUMNS = ["id", "outer_fold", "method", "probability", "label"]
 
 @dataclass
 class Predictions:
-    """method -> reported (test) predictions, and method -> validation predictions: each inner
-    model's probabilities for its own validation fold (``fold`` column), from which the report
-    chooses the Youden threshold of that outer fold."""
+    """method -> reported (test) predictions, and method -> inner-model predictions: each inner
+    model's probabilities for its own validation fold and for the test fold (``fold``: the
+    patient's fold, ``val_fold``: the inner model's), from which the report calls each inner model
+    at its own Youden threshold."""
     test: dict[str, pd.DataFrame]
     validation: dict[str, pd.DataFrame]
 
@@ -49,22 +50,31 @@ def inner_validation_folds(folds: list[int], test_fold: int, inner_folds: int | 
     return others[:inner_folds] if inner_folds else others
 
 
-def _split_frame(runner: Runner, frame: pd.DataFrame, method: str, split: Split) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One model's predictions on [test fold, validation fold] -> (test rows, validation rows)."""
-    frame = frame.assign(fold=frame["id"].map(runner.fold_of), outer_fold=split.test_fold, method=method)
-    return frame[frame.fold == split.test_fold], frame[frame.fold == split.val_fold]
+def _inner_frame(runner: Runner, method: Method, split: Split) -> pd.DataFrame:
+    """One inner model's predictions on its test and validation folds."""
+    frame = runner.predict(method, split, [split.test_fold, split.val_fold])
+    return frame.assign(fold=frame["id"].map(runner.fold_of), val_fold=split.val_fold, outer_fold=split.test_fold,
+                        method=method.name)
 
 
 def _outer_fold(runner: Runner, methods: list[Method], test_fold: int, val_folds: list[int]) -> dict:
     results = {}
     for method in methods:
-        tests, vals = zip(*(_split_frame(runner, runner.predict(method, split, [split.test_fold, split.val_fold]),
-                                         method.name, split)
-                            for split in (Split(v, test_fold) for v in val_folds)))
-        votes = pd.concat(tests).groupby(["id", "label", "outer_fold", "method"], as_index=False)["probability"].mean()
-        results[method.name] = (votes, pd.concat(vals))
+        inner = pd.concat([_inner_frame(runner, method, Split(v, test_fold)) for v in val_folds])
+        tests = inner[inner.fold == test_fold]
+        votes = tests.groupby(["id", "label", "outer_fold", "method"], as_index=False)["probability"].mean()
+        results[method.name] = (votes, inner)
         log.info("%s: outer fold %d done (%d inner models)", method.name, test_fold, len(val_folds))
     return results
+
+
+def plan_trainings(runner: Runner, methods: list[Method], splits: list[Split]) -> None:
+    """Tell the runner's progress how many trainings (not yet done) lie ahead."""
+    keys = {m.model_key for m in methods if m.features is None}
+    keys |= {model_key(TEACHER, m.teacher) for m in methods if m.teacher is not None}
+    ahead = sum(not runner.is_trained(key, split) for key in keys for split in splits)
+    runner.progress.plan(ahead, runner.profile_epochs)
+    log.info("%d model(s) to train (%d split(s)), %d epochs each", ahead, len(splits), runner.profile_epochs)
 
 
 def independent_groups(methods: list[Method]) -> list[list[Method]]:
@@ -80,7 +90,7 @@ def independent_groups(methods: list[Method]) -> list[list[Method]]:
 def nested_cv(runner: Runner, methods: list[Method], outer_folds: list[int] | None = None,
               inner_folds: int | None = None, jobs: int = 1) -> Predictions:
     """Out-of-fold predictions per method, written to ``OUT/predictions_<method>.csv`` (and the
-    validation predictions to ``OUT/validation_<method>.csv``). With ``jobs`` > 1, independent
+    inner models' predictions to ``OUT/validation_<method>.csv``). With ``jobs`` > 1, independent
     (outer fold, method group) tasks run that many at once."""
     folds = cohort_folds(runner.data)
     if len(folds) < 3:
@@ -90,6 +100,7 @@ def nested_cv(runner: Runner, methods: list[Method], outer_folds: list[int] | No
     if unknown:
         raise ValueError(f"outer fold(s) {unknown} not in the cohort's folds {folds}")
     tasks = [(group, fold) for group in independent_groups(methods) for fold in outer_folds]
+    plan_trainings(runner, methods, [Split(v, f) for f in outer_folds for v in inner_validation_folds(folds, f, inner_folds)])
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on bundle child processes
         done = list(pool.map(lambda t: _outer_fold(runner, t[0], t[1], inner_validation_folds(folds, t[1], inner_folds)),
                              tasks))
@@ -102,6 +113,7 @@ def nested_cv(runner: Runner, methods: list[Method], outer_folds: list[int] | No
 
 def holdout(runner: Runner, methods: list[Method], split: Split) -> Predictions:
     """Predictions on ``split.test_fold`` of one model per method trained on the other folds."""
+    plan_trainings(runner, methods, [split])
     return write_all(runner.out, {m.name: [_outer_fold(runner, [m], split.test_fold, [split.val_fold])[m.name]]
                                   for m in methods})
 
@@ -111,7 +123,8 @@ def write_all(out: Path, results: dict[str, list[tuple[pd.DataFrame, pd.DataFram
     for name, parts in results.items():
         tests, vals = zip(*parts)
         predictions.test[name] = write_predictions(pd.concat(tests), out / f"predictions_{name}.csv")
-        predictions.validation[name] = write_predictions(pd.concat(vals), out / f"validation_{name}.csv", ["fold"])
+        predictions.validation[name] = write_predictions(pd.concat(vals), out / f"validation_{name}.csv",
+                                                         ["fold", "val_fold"])
     return predictions
 
 

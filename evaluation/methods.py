@@ -1,9 +1,11 @@
 """The compared methods of Jing & Wang (sections 2.5-2.6) as bundle + override files.
 
 A method names the bundle it trains, the override files applied when training and when
-testing, and (stage 2 only) the override files of the stage-1 teacher it learns from. Methods
+testing, and (stage 2 only) the override files of the stage-1 teacher it learns from: the
+full teacher for every stage-2 variant, so that an ablation changes only the stage-2 inputs. Methods
 that share a trained model (the teacher tested on T0-T2, Conventional #2 = the same model
-tested on T0-T1) are trained once.
+tested on T0-T1) are trained once. The classical references (``lr_*``) name a feature set of
+``evaluation.baselines`` instead of a bundle.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
 TEACHER, DUALTASK = "pcr_teacher", "pcr_dualtask"
+SKLEARN = "sklearn"
 
 
 @dataclass(frozen=True)
@@ -23,10 +26,13 @@ class Method:
     train: tuple[str, ...] = ()
     test: tuple[str, ...] = ()
     teacher: tuple[str, ...] | None = None  # override files of the stage-1 teacher (stage 2 only)
+    features: str | None = None  # feature set of a classical reference (bundle SKLEARN)
 
     @property
     def model_key(self) -> str:
         """Name of the trained model this method uses (shared by methods that share a model)."""
+        if self.features is not None:
+            return f"{SKLEARN}+{self.features}"
         return model_key(self.bundle, self.train, self.teacher)
 
 
@@ -40,21 +46,26 @@ def model_key(bundle: str, train: tuple[str, ...], teacher: tuple[str, ...] | No
 METHODS = {m.name: m for m in (
     Method("dualtask", "2-stage dual-task: T0+T1+clinical+subtypes", DUALTASK, teacher=()),
     Method("dualtask_no_clinical_subtype", "2-stage dual-task without clinical & subtypes", DUALTASK,
-           ("no_clinical_subtype",), teacher=("no_clinical_subtype",)),
+           ("no_clinical_subtype",), teacher=()),
     Method("dualtask_no_clinical", "2-stage dual-task without clinical", DUALTASK, ("no_clinical",),
-           teacher=("no_clinical",)),
+           teacher=()),
     Method("dualtask_no_subtype", "2-stage dual-task without subtypes", DUALTASK, ("no_subtype",),
-           teacher=("no_subtype",)),
+           teacher=()),
     Method("dualtask_t0", "2-stage dual-task: T0+clinical+subtypes", DUALTASK, ("t0_only",), teacher=()),
     Method("dualtask_t1", "2-stage dual-task: T1+clinical+subtypes", DUALTASK, ("t1_only",), teacher=()),
     Method("conv1", "Conventional #1: trained and tested on T0+T1", TEACHER, ("t0_t1",), ("t0_t1",)),
     Method("conv2", "Conventional #2: trained on T0+T1+T2, tested on T0+T1", TEACHER, (), ("t0_t1",)),
     Method("teacher", "Stage-1 teacher: T0+T1+T2 (late-information reference)", TEACHER),
+    Method("lr_clinical", "Logistic regression: clinical+subtypes", SKLEARN, features="clinical"),
+    Method("lr_ftv", "Logistic regression: clinical+subtypes+FTV T0, change T1 (I-SPY standard)", SKLEARN,
+           features="ftv"),
+    Method("lr_ftv_t2", "Logistic regression: clinical+subtypes+FTV T0, changes T1, T2", SKLEARN, features="ftv_t2"),
 )}
 
-# the paper's figure panels: main comparison (Fig. 2), visits (Fig. 3), inputs (Fig. 4)
+# figure panels: the paper's main comparison (Fig. 2), the classical references, visits (Fig. 3), inputs (Fig. 4)
 FIGURE_GROUPS = {
     "comparison": ("dualtask", "conv1", "conv2", "teacher"),
+    "classical": ("dualtask", "lr_clinical", "lr_ftv", "lr_ftv_t2"),
     "visits": ("dualtask", "dualtask_t0", "dualtask_t1"),
     "inputs": ("dualtask", "dualtask_no_clinical", "dualtask_no_subtype", "dualtask_no_clinical_subtype"),
 }

@@ -157,25 +157,25 @@ def bootstrap_ci(metric: Callable[..., float], y_true, *scores, n_resamples: int
     return (float(estimate), *percentile_interval(replicates, level))
 
 
-def all_metrics(y_true, y_prob, youden=None) -> dict[str, float]:
-    """Every metric of the report for one set of predictions. ``youden``: threshold(s) chosen on
-    validation data, a scalar or one per patient (each outer fold has its own); None skips them."""
+def all_metrics(y_true, y_prob, youden_prob=None) -> dict[str, float]:
+    """Every metric of the report for one set of predictions. ``youden_prob``: the probabilities
+    as called at the Youden operating point, threshold 0.5 (``report.youden_scores``); None skips them."""
     y, p = check_binary(y_true, y_prob)
     values = {"AUROC": auroc(y, p), "AUPRC": auprc(y, p)}
     values.update({f"{name} @0.5": v for name, v in operating_point(y, p, 0.5).items()})
-    if youden is not None:
-        values.update({f"{name} @Youden": v for name, v in operating_point(y, p, youden).items()})
+    if youden_prob is not None:
+        values.update({f"{name} @Youden": v for name, v in operating_point(y, youden_prob, 0.5).items()})
     values.update({"Brier": brier(y, p), "calibration intercept": calibration_intercept(y, p),
                    "calibration slope": calibration_slope(y, p), "ECE": expected_calibration_error(y, p)})
     return values
 
 
-def metric_summary(y_true, y_prob, youden=None, n_resamples: int = 1000, seed: int = 0,
+def metric_summary(y_true, y_prob, youden_prob=None, n_resamples: int = 1000, seed: int = 0,
                    level: float = 0.95) -> dict[str, tuple[float, float, float]]:
     """``{metric: (estimate, low, high)}`` for ``all_metrics``, every CI from the same seeded
     stratified patient-level bootstrap resamples."""
     y, p = check_binary(y_true, y_prob)
-    t = None if youden is None else np.broadcast_to(np.asarray(youden, dtype=float), y.shape)
-    estimate = all_metrics(y, p, t)
-    replicates = [all_metrics(y[i], p[i], None if t is None else t[i]) for i in bootstrap_indices(y, n_resamples, seed)]
+    q = None if youden_prob is None else check_binary(y, youden_prob)[1]
+    estimate = all_metrics(y, p, q)
+    replicates = [all_metrics(y[i], p[i], None if q is None else q[i]) for i in bootstrap_indices(y, n_resamples, seed)]
     return {name: (value, *percentile_interval([r[name] for r in replicates], level)) for name, value in estimate.items()}

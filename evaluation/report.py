@@ -2,8 +2,8 @@
 ``report.html`` from prediction CSVs (``id, outer_fold, method, probability, label``).
 
 Every metric has a 95 % percentile CI from 1,000 seeded stratified patient-level bootstrap
-resamples; the Youden operating point is chosen per outer fold on validation predictions (never
-on the reported patients); the reference method is compared with each other method by the paired
+resamples; the Youden operating point calls each inner model at the threshold chosen on its own
+validation fold (never on the reported patients); the reference method is compared with each other method by the paired
 DeLong test on the same patients.
 """
 
@@ -47,7 +47,8 @@ def read_predictions(paths: list[Path]) -> dict[str, pd.DataFrame]:
             raise ValueError(f"{path}: label must be 0/1 and probability within [0, 1]")
         frames.append(frame.assign(source=str(path)))
     table = pd.concat(frames, ignore_index=True)
-    duplicated = table[table.duplicated(["method", "id", "outer_fold"], keep=False)]
+    keys = ["method", "id", "outer_fold"] + (["val_fold"] if "val_fold" in table else [])  # inner models: one row each
+    duplicated = table[table.duplicated(keys, keep=False)]
     if len(duplicated):
         row = duplicated.iloc[0]
         raise ValueError(f"{row.source}: patient {row.id} appears more than once for method {row.method}, outer fold {row.outer_fold}")
@@ -55,21 +56,45 @@ def read_predictions(paths: list[Path]) -> dict[str, pd.DataFrame]:
             for name, group in table.groupby("method", sort=False)}
 
 
-def youden_per_patient(test: pd.DataFrame, validation: pd.DataFrame | None) -> np.ndarray | None:
-    """Each test patient's Youden threshold: chosen on the validation predictions of its outer fold."""
-    if validation is None:
+def youden_scores(test: pd.DataFrame, inner: pd.DataFrame | None) -> np.ndarray | None:
+    """Each reported patient's probability as called at the Youden operating point (threshold 0.5).
+
+    Every inner model gets its own Youden threshold ``t``, chosen on its predictions for its own
+    validation fold, i.e. on probabilities of the kind it is applied to; a test patient's
+    soft-voted call is the mean over the inner models of ``logit(p) - logit(t)``, returned as a
+    probability so that 0.5 is the threshold (one inner model: exactly ``p >= t``).
+    ``inner``: the ``validation_<method>.csv`` rows (``fold``: the patient's, ``val_fold``: the
+    model's) of the inner models' validation and test folds.
+    """
+    if inner is None:
         return None
-    thresholds = {}
-    for fold in test.outer_fold.unique():
-        val = validation[validation.outer_fold == fold]
+    method = test.method.iloc[0]
+    missing = {"fold", "val_fold"} - set(inner)
+    if missing:
+        raise ValueError(f"method {method}: inner-model predictions need the column(s) {', '.join(sorted(missing))}")
+    shifted = []
+    for (fold, val_fold), model in inner.groupby(["outer_fold", "val_fold"]):
+        val, tested = model[model.fold == val_fold], model[model.fold == fold]
         if val.label.nunique() < 2:
-            raise ValueError(f"method {test.method.iloc[0]}, outer fold {fold}: validation predictions need both classes")
+            raise ValueError(f"method {method}, outer fold {fold}: validation fold {val_fold} needs both classes")
         overlap = set(val.id) & set(test.id[test.outer_fold == fold])
         if overlap:
-            raise ValueError(f"method {test.method.iloc[0]}, outer fold {fold}: {len(overlap)} patient(s) in both the "
-                             "validation and the reported predictions; the Youden threshold must not see reported patients")
-        thresholds[fold] = youden_threshold(val.label, val.probability)
-    return test.outer_fold.map(thresholds).to_numpy(float)
+            raise ValueError(f"method {method}, outer fold {fold}: {len(overlap)} patient(s) in both validation fold "
+                             f"{val_fold} and the reported predictions; the Youden threshold must not see reported patients")
+        threshold = youden_threshold(val.label, val.probability)
+        shifted.append(pd.Series(logit(tested.probability.to_numpy()) - logit(threshold),
+                                 index=pd.MultiIndex.from_arrays([tested.outer_fold, tested.id])))
+    scores = pd.concat(shifted).groupby(level=[0, 1]).mean()
+    keys = pd.MultiIndex.from_arrays([test.outer_fold, test.id])
+    if not keys.isin(scores.index).all():
+        raise ValueError(f"method {method}: {int((~keys.isin(scores.index)).sum())} reported patient(s) without "
+                         "inner-model predictions")
+    return 1.0 / (1.0 + np.exp(-scores.loc[keys].to_numpy(float)))
+
+
+def logit(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
 
 
 def same_patients(reference: pd.DataFrame, other: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -141,8 +166,9 @@ def compute_statistics(predictions: dict[str, pd.DataFrame], validation: dict[st
     clinical = with_clinical(ref, clinical_table(data)) if data is not None else None
     rows = {}
     for name, frame in predictions.items():
-        youden = youden_per_patient(frame, (validation or {}).get(name))
-        rows[name] = (len(frame), metric_summary(frame.label, frame.probability, youden, n_resamples, seed))
+        youden = youden_scores(frame, (validation or {}).get(name))
+        rows[name] = (len(frame), metric_summary(frame.label, frame.probability, youden_prob=youden,
+                                                 n_resamples=n_resamples, seed=seed))
     if truth is not None:
         oracle = ref[["id", "label"]].merge(pd.read_csv(truth, dtype={"id": str}), on="id", how="left")
         if oracle["p_t0_t1"].isna().any():
@@ -185,7 +211,8 @@ def _performance_sections(stats: Statistics) -> list[Section]:
             "Sensitivity and specificity at probability 0.5 (the paper's operating point). "
             f"p: two-sided paired DeLong test of {reference} against each method, on the same patients."], [table2]),
         Section("Operating points and calibration", [
-            "PPV/NPV at 0.5; sensitivity/specificity/PPV/NPV at the Youden threshold chosen on validation data; "
+            "PPV/NPV at 0.5; sensitivity/specificity/PPV/NPV at the Youden operating point: each inner model called at "
+            "the threshold chosen on its own validation fold, the calls soft-voted on the logit scale; "
             "calibration intercept (calibration-in-the-large, ideal 0) and slope (ideal 1) by logistic "
             "recalibration; ECE over 10 equal-width bins."], [detail])]
     if delong:
@@ -269,8 +296,9 @@ def build_report(predictions: dict[str, pd.DataFrame], out: Path, validation: di
         f"- predictions: {len(predictions)} method(s), {len(ref)} patients ({int(ref.label.sum())} pCR), "
         f"outer fold(s) {', '.join(str(f) for f in sorted(ref.outer_fold.unique()))}",
         f"- CIs: 95 % percentile intervals from {n_resamples} stratified patient-level bootstrap resamples (seed {seed})",
-        "- Youden threshold: " + ("chosen per outer fold on validation predictions" if validation
-                                  else "not reported (no validation predictions given)")])
+        "- Youden operating point: " + ("each inner model at the threshold chosen on its own validation fold, "
+                                        "soft-voted on the logit scale" if validation
+                                        else "not reported (no inner-model predictions given)")])
     groups = figure_groups(list(predictions), stats.reference)
     main_panel = {m: predictions[m] for m in next(iter(groups.values()))}
     sections = ([header] + _performance_sections(stats) + _curve_sections(stats, predictions, groups, out / "figures")

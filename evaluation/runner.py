@@ -2,14 +2,16 @@
 
 Each bundle run is a child process, exactly as a user would start it, so the two bundles'
 ``scripts`` packages never meet in one interpreter. A finished training leaves ``trained.json``
-beside its checkpoint; a rerun with the same cohort and settings reuses it (an interrupted or
-differently configured training is started again).
+beside its checkpoint; a rerun with the same cohort, settings and bundle files reuses it, an
+interrupted training is started again, and a model trained with other settings is never
+overwritten: the run stops with both settings named.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -23,9 +25,12 @@ import pandas as pd
 
 from preprocessing.atomic import atomic_write_text
 
+from . import baselines
 from .methods import BUNDLES, TEACHER, Method, model_key
+from .progress import Progress, watch
 
 PROFILES = {"cpu": ("profile_cpu",), "gpu": ()}
+log = logging.getLogger("evaluation")
 
 
 EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception): ")
@@ -33,6 +38,19 @@ EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception): ")
 
 class BundleRunError(RuntimeError):
     pass
+
+
+def settings_text(record: dict) -> str:
+    """The settings of a ``trained.json`` record that tell two trainings apart, as one line."""
+    return ", ".join(f"{k} {record.get(k)}" for k in ("cohort", "bundle_files", "profile", "epochs", "seed", "config"))
+
+
+def bundle_digest(bundle: str) -> str:
+    """Digest of a bundle's configs and scripts: a model is reused only with the files it was trained by."""
+    digest = hashlib.sha256()
+    for path in sorted((BUNDLES / bundle).glob("configs/*.json")) + sorted((BUNDLES / bundle).glob("scripts/*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def root_cause(log_text: str) -> str:
@@ -61,6 +79,17 @@ def merged_settings(bundle: str, configs: tuple[str, ...], profile: str) -> dict
     return merged
 
 
+def checkpoint_settings(root: Path, config_files: list[str], overrides: dict) -> dict:
+    """The ``model_settings`` a training by ``config_files`` (relative to the bundle ``root``) with
+    ``overrides`` saves in its checkpoint: what ``evaluate.json`` reads from a checkpoint, given
+    directly where weights arrive without one (federated rounds)."""
+    merged = {}
+    for name in config_files:
+        merged.update(json.loads((Path(root) / name).read_text()))
+    merged.update(overrides)
+    return {k: merged[k] for k in merged["model_settings"] if k != "_target_"}
+
+
 def threads_per_job(jobs: int) -> int | None:
     """Torch threads for each of ``jobs`` concurrent bundle runs: the cores shared out, so that
     concurrent runs do not oversubscribe the CPU (None for a single job: torch's default)."""
@@ -86,6 +115,7 @@ class Runner:
     seed: int = 0
     overrides: dict = field(default_factory=dict)  # config keys set in every run
     threads: int | None = None  # torch CPU threads per bundle run (None: torch's default)
+    progress: Progress = field(default_factory=Progress)
 
     @cached_property
     def cohort(self) -> str:
@@ -93,12 +123,22 @@ class Runner:
         return hashlib.sha256((self.data / "datalist.json").read_bytes()).hexdigest()[:16]
 
     @cached_property
+    def entries(self) -> list[dict]:
+        """The datalist's patient entries."""
+        return json.loads((self.data / "datalist.json").read_text())["training"]
+
+    @cached_property
     def fold_of(self) -> dict[str, int]:
         """Patient id -> fold."""
-        return {e["id"]: e["fold"] for e in json.loads((self.data / "datalist.json").read_text())["training"]}
+        return {e["id"]: e["fold"] for e in self.entries}
 
-    def run_bundle(self, bundle: str, configs: tuple[str, ...], log: Path, **overrides) -> None:
-        """``python -m monai.bundle run`` with the bundle's configs + profile + override files."""
+    @cached_property
+    def profile_epochs(self) -> int:
+        return self.epochs or int(merged_settings(TEACHER, ("train",), self.profile)["epochs"])
+
+    def run_bundle(self, bundle: str, configs: tuple[str, ...], log: Path, on_epoch=None, **overrides) -> None:
+        """``python -m monai.bundle run`` with the bundle's configs + profile + override files;
+        ``on_epoch(epoch, metrics)`` is called for each validated epoch the run logs."""
         root = BUNDLES / bundle
         files = config_files(bundle, configs, self.profile)
         overrides = {**self.overrides, **overrides}
@@ -118,28 +158,45 @@ class Runner:
             env = dict(os.environ, TQDM_DISABLE="1")
             if self.threads:
                 env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
-            done = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, env=env)
-        if done.returncode != 0:
-            raise BundleRunError(f"{bundle} {' + '.join(configs)} failed (exit {done.returncode}): "
+            process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=env)
+        status = watch(process, log, on_epoch or (lambda epoch, metrics: None))
+        if status != 0:
+            raise BundleRunError(f"{bundle} {' + '.join(configs)} failed (exit {status}): "
                                  f"{root_cause(log.read_text())} -- full log: {log}")
 
     def model_dir(self, key: str, split: Split) -> Path:
         return self.out / "models" / key / split.name
 
+    def is_trained(self, key: str, split: Split) -> bool:
+        return (self.model_dir(key, split) / "trained.json").is_file()
+
     def train(self, bundle: str, train: tuple[str, ...], split: Split, teacher: tuple[str, ...] | None = None) -> Path:
         """Train (or reuse) one model on ``split``; stage 2 first trains and exports its teacher."""
         run_dir = self.model_dir(model_key(bundle, train, teacher), split)
         marker = run_dir / "trained.json"
-        record = {"bundle": bundle, "overrides": list(train), "split": split.name, "cohort": self.cohort,
-                  "profile": self.profile, "epochs": self.epochs, "seed": self.seed, "config": self.overrides}
-        if marker.is_file() and json.loads(marker.read_text()) == json.loads(json.dumps(record, default=str)):
-            return run_dir
-        shutil.rmtree(run_dir, ignore_errors=True)  # no checkpoint or export of another setting survives
+        record = json.loads(json.dumps({"bundle": bundle, "overrides": list(train), "split": split.name,
+                                        "cohort": self.cohort, "bundle_files": bundle_digest(bundle),
+                                        "profile": self.profile, "epochs": self.epochs,
+                                        "seed": self.seed, "config": self.overrides}, default=str))
+        if marker.is_file():
+            found = json.loads(marker.read_text())
+            if found == record:
+                return run_dir
+            raise ValueError(f"{run_dir} holds a model trained with other settings ({settings_text(found)}); "
+                             f"this run's settings: {settings_text(record)}. Choose another --out, "
+                             "or delete that folder yourself")
+        if run_dir.exists():  # an interrupted training: no finished model to lose
+            log.info("%s: unfinished training of an earlier run, starting it again", run_dir)
+            shutil.rmtree(run_dir)
         overrides = dict(ckpt_dir=run_dir / "models", output_dir=run_dir / "eval", val_fold=split.val_fold,
                          test_fold=split.test_fold)
         if teacher is not None:
             overrides["teacher_features"] = self.export_teacher(teacher, split)
-        self.run_bundle(bundle, ("train",) + train, run_dir / "train.log", **overrides)
+        name = f"{model_key(bundle, train, teacher)} {split.name}"
+        epochs = self.profile_epochs
+        self.run_bundle(bundle, ("train",) + train, run_dir / "train.log",
+                        on_epoch=lambda epoch, metrics: self.progress.epoch(name, epoch, epochs, metrics), **overrides)
+        self.progress.model_done()
         atomic_write_text(json.dumps(record, default=str) + "\n", marker)
         return run_dir
 
@@ -156,6 +213,9 @@ class Runner:
 
     def predict(self, method: Method, split: Split, folds: list[int]) -> pd.DataFrame:
         """``id, probability, label`` of the patients in ``folds`` from the method's model on ``split``."""
+        if method.features is not None:  # classical reference: fitted on the split's training folds
+            train = sorted(set(self.fold_of.values()) - {split.val_fold, split.test_fold})
+            return baselines.fit_predict(self.entries, method.features, train, folds)
         run_dir = self.train(method.bundle, method.train, split, method.teacher)
         out_dir = run_dir / "eval" / method.name
         overrides = dict(ckpt_dir=run_dir / "models", output_dir=out_dir, val_fold=split.val_fold,

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from monai.bundle import ConfigParser
 
 BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
-SHARED_SCRIPTS = ("data.py", "layers.py", "outputs.py", "onnx_export.py")
+SHARED_SCRIPTS = ("data.py", "layers.py", "outputs.py", "onnx_export.py", "checkpoint.py")
 
 
 @contextmanager

@@ -56,14 +56,17 @@ def write_fake_prepared(root: Path, seed: int = 0) -> Path:
     for n in range(FAKE_FOLDS * FAKE_PER_FOLD):
         pid, label = f"FAKE{n:03d}", n % 2
         entry = {"id": pid, "site": f"S0{n % 3 + 1}", "label": label, "fold": n // FAKE_PER_FOLD}
-        for visit in ("T0", "T1", "T2"):
+        entry["ftv_ml"] = {}
+        for k, visit in enumerate(("T0", "T1", "T2")):
             volume = rng.normal(20, 30, (FAKE_SIZE,) * 3 + (4,)).astype(np.float32)
             volume[..., 2] = 0
-            volume[6:10, 6:10, 6:10, 2] = 1
+            side = 4 - k * label + int(rng.integers(0, 2))  # responders' tumours shrink
+            volume[6:6 + side, 6:6 + side, 6:6 + side, 2] = 1
             rel = f"images/{pid}/{visit}.nii.gz"
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(volume, np.diag([-2.0, -2.0, 2.0, 1.0])), root / rel)
             entry[visit] = rel
+            entry["ftv_ml"][visit] = side**3 * 0.008  # 2 mm voxels
         clinical = {f"agent_{a}": int(a == "paclitaxel" or (a == "pembrolizumab" and n % 3 == 0)) for a in agents}
         clinical.update(age=int(30 + 2 * n), race=races[n % 5],
                         ethnicity=("Hispanic or Latino", "Not Hispanic or Latino")[n % 2],

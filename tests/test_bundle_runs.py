@@ -20,6 +20,7 @@ from bundle_utils import BUNDLES, bundle_scripts
 from evaluation.runner import BundleRunError, Runner
 
 FAST = dict(widen_factor=0.0625, batch_size=4, val_fold=1, test_fold=2)  # train fold 0 only
+SPLIT = {k: v for k, v in FAST.items() if k != "widen_factor"}  # what a run after training may set
 DIM = 32  # representation width at widen_factor 0.0625
 
 
@@ -55,7 +56,10 @@ def test_training_saves_best_checkpoint_with_training_fold_age_statistics(traine
     train_ages = [e["clinical"]["age"] for e in entries if e["fold"] == 0]
     all_ages = [e["clinical"]["age"] for e in entries]
     for run in (trained.teacher, trained.dual):
-        state = torch.load(run / "models" / "model.pt", map_location="cpu")
+        checkpoint = torch.load(run / "models" / "model.pt", map_location="cpu", weights_only=True)
+        state = checkpoint["model"]
+        assert checkpoint["settings"]["widen_factor"] == 0.0625 and checkpoint["settings"]["channels"] == 3
+        assert checkpoint["settings"]["visits"] == (["T0", "T1", "T2"] if run == trained.teacher else ["T0", "T1"])
         assert float(state["clinical.age_mean"]) == pytest.approx(np.mean(train_ages))
         assert float(state["clinical.age_mean"]) != pytest.approx(np.mean(all_ages))
         assert list((run / "eval").glob("events.out.tfevents.*")), "TensorBoard events missing"
@@ -73,8 +77,9 @@ def test_export_writes_t2_representations_of_training_and_validation_patients_on
 @pytest.mark.parametrize("bundle,extra", [("pcr_teacher", ()), ("pcr_teacher", ("t0_t1",)), ("pcr_dualtask", ())])
 def test_evaluate_writes_test_fold_predictions(trained, bundle, extra, tmp_path):
     run = trained.teacher if bundle == "pcr_teacher" else trained.dual
+    # no width given: the checkpoint's (0.0625) replaces the CPU profile's (0.125)
     trained.runner.run_bundle(bundle, ("train", "evaluate") + extra, tmp_path / "log", ckpt_dir=run / "models",
-                              output_dir=tmp_path, teacher_features=trained.features, **FAST)
+                              output_dir=tmp_path, teacher_features=trained.features, **SPLIT)
     predictions = pd.read_csv(tmp_path / "predictions.csv", dtype={"id": str})
     assert list(predictions.columns) == ["id", "probability", "label"]
     assert sorted(predictions["id"]) == _ids(trained.data, (2,))
@@ -95,7 +100,7 @@ def _without_t2(prepared: Path, dest: Path) -> Path:
 def test_dualtask_inference_needs_no_t2_image_and_no_label(trained, tmp_path):
     early = _without_t2(trained.data, tmp_path / "early")
     trained.runner.run_bundle("pcr_dualtask", ("inference",), tmp_path / "log", dataset_dir=early,
-                              ckpt_dir=trained.dual / "models", output_dir=tmp_path / "out", widen_factor=0.0625)
+                              ckpt_dir=trained.dual / "models", output_dir=tmp_path / "out")
     predictions = pd.read_csv(tmp_path / "out" / "predictions.csv", dtype={"id": str})
     assert list(predictions.columns) == ["id", "probability"]
     assert sorted(predictions["id"]) == _ids(trained.data, (0, 1, 2))
@@ -103,7 +108,7 @@ def test_dualtask_inference_needs_no_t2_image_and_no_label(trained, tmp_path):
 
 def test_teacher_inference(trained, tmp_path):
     trained.runner.run_bundle("pcr_teacher", ("inference",), tmp_path / "log", ckpt_dir=trained.teacher / "models",
-                              output_dir=tmp_path, widen_factor=0.0625, infer_folds="[2]")
+                              output_dir=tmp_path, infer_folds="[2]")
     assert sorted(pd.read_csv(tmp_path / "predictions.csv", dtype={"id": str})["id"]) == _ids(trained.data, (2,))
 
 
@@ -129,7 +134,7 @@ def test_bundle_copied_alone_runs_without_project_packages(trained, tmp_path):
     command = [sys.executable, "-c", BLOCK_PROJECT, "run", "--bundle_root", str(bundle),
                "--config_file", str(bundle / "configs" / "inference.json"), "--dataset_dir", str(trained.data),
                "--ckpt_dir", str(trained.dual / "models"), "--output_dir", str(tmp_path / "out"),
-               "--widen_factor", "0.0625", "--num_workers", "0"]
+               "--num_workers", "0"]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert len(pd.read_csv(tmp_path / "out" / "predictions.csv")) == len(_ids(trained.data, (0, 1, 2)))
@@ -143,15 +148,20 @@ def _monai_bundle(*args, cwd, pythonpath=None):
     return done
 
 
+PAPER_SETTINGS = {"widen_factor": 1.0, "channels": 3, "visits": ["T0", "T1"], "lstm_layers": 2, "rnn_layers": 2,
+                  "use_clinical": True, "use_subtype": True, "spatial_size": None}
+
+
 @pytest.mark.parametrize("bundle", ["pcr_teacher", "pcr_dualtask"])
 def test_metadata_and_network_io_verify(bundle, tmp_path):
     root = BUNDLES / bundle
     _monai_bundle("verify_metadata", "--meta_file", root / "configs/metadata.json",
                   "--filepath", BUNDLES / "meta_schema.json", cwd=tmp_path)
-    # verify_net_in_out builds network_def without running `initialize`, so the bundle goes on PYTHONPATH
+    # verify_net_in_out builds network_def without running `initialize`, so the bundle goes on PYTHONPATH;
+    # with no trained checkpoint, the paper's settings are given in place of the checkpoint's
     _monai_bundle("verify_net_in_out", "--net_id", "network_def", "--meta_file", root / "configs/metadata.json",
-                  "--config_file", root / "configs/inference.json", "--bundle_root", root, cwd=tmp_path,
-                  pythonpath=root)
+                  "--config_file", root / "configs/inference.json", "--bundle_root", root,
+                  "--model_settings", repr(PAPER_SETTINGS), cwd=tmp_path, pythonpath=root)
 
 
 @pytest.mark.parametrize("bundle,visits", [("pcr_teacher", 3), ("pcr_dualtask", 2)])
@@ -160,16 +170,16 @@ def test_torchscript_and_onnx_export_match_the_network(trained, bundle, visits, 
 
     root = BUNDLES / bundle
     checkpoint = (trained.teacher if bundle == "pcr_teacher" else trained.dual) / "models" / "model.pt"
-    configs = [str(root / "configs" / n) for n in ("inference.json", "profile_cpu.json")]
+    # no width or profile given: the network is built from the checkpoint's settings
     _monai_bundle("ckpt_export", "--net_id", "network_def", "--filepath", tmp_path / "model.ts",
-                  "--ckpt_file", checkpoint, "--meta_file", root / "configs/metadata.json",
-                  "--config_file", repr(configs), "--bundle_root", root, "--widen_factor", "0.0625",
-                  cwd=tmp_path, pythonpath=root)
+                  "--ckpt_file", checkpoint, "--key_in_ckpt", "model", "--meta_file", root / "configs/metadata.json",
+                  "--config_file", root / "configs/inference.json", "--bundle_root", root,
+                  "--ckpt_dir", checkpoint.parent, cwd=tmp_path, pythonpath=root)
     image, clinical = torch.rand(2, 3 * visits, 32, 32, 32), torch.rand(2, 28) * 50
     with bundle_scripts(bundle) as s:
         cls = s.networks.PCRTeacher if bundle == "pcr_teacher" else s.networks.DualTaskNet
         net = cls(widen_factor=0.0625).eval()
-        net.load_state_dict(torch.load(checkpoint, map_location="cpu"))
+        net.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
         s.onnx_export.export_onnx(net, str(tmp_path / "model.onnx"), visits=visits)
         with torch.no_grad():
             expected = net(image, clinical).numpy()
@@ -206,7 +216,9 @@ def test_monai_fl_client_drives_the_bundle(trained, bundle, tmp_path):
     configs = ["configs/train.json", "configs/profile_cpu.json"]
     algo = MonaiAlgo(bundle_root=str(BUNDLES / bundle), local_epochs=1, config_train_filename=configs,
                      config_evaluate_filename=configs + ["configs/evaluate.json"], config_filters_filename=None,
-                     train_kwargs=settings, eval_kwargs=settings)
+                     train_kwargs=settings, eval_kwargs={**settings, "model_settings": {
+                         **PAPER_SETTINGS, "widen_factor": FAST["widen_factor"],
+                         "visits": ["T0", "T1", "T2"] if bundle == "pcr_teacher" else ["T0", "T1"]}})
     try:
         algo.initialize(extra={ExtraItems.CLIENT_NAME: "site-1", ExtraItems.APP_ROOT: str(tmp_path)})
         network = algo.trainer.network

@@ -81,6 +81,30 @@ def test_class_balanced_weights():
             s.data.class_balanced_weights(items[:3])
 
 
+@pytest.mark.parametrize("bundle", ["pcr_teacher", "pcr_dualtask"])
+def test_augmentation_stays_in_the_axial_plane_and_hits_every_visit_alike(bundle):
+    """A bar in one axial slice (RAS: slices along the last axis) stays in that slice under the
+    bundle's own flip and rotation, is moved by them, and every visit moves the same way."""
+    from monai.transforms import Compose
+
+    parser = merged_config(bundle)
+    parser["noise_std"] = 0.0  # geometry only: noise would touch every voxel
+    with bundle_scripts(bundle):
+        augment = Compose(parser.get_parsed_content("augmentation", instantiate=True))
+    visits, size, z = len(parser["visits"]), 24, 9
+    image = torch.zeros(parser["channels"] * visits, size, size, size)
+    image[:, 4:12, 11:13, z] = 1.0  # a bar along the first (left-right) axis, off centre
+    moved = 0
+    for seed in range(6):
+        augment.set_random_state(seed=seed)
+        out = torch.as_tensor(augment({"image": image.clone()})["image"])
+        outside = out.abs().sum() - out[..., z].abs().sum()
+        assert outside < 1e-4 * out.abs().sum(), "augmentation moved the bar out of its axial slice"
+        assert all(torch.equal(out[c], out[0]) for c in range(1, out.shape[0])), "visits augmented differently"
+        moved += not torch.allclose(out, image, atol=1e-3)
+    assert moved >= 5
+
+
 TEACHER_VARIANTS = [(), ("t0_t1",), ("no_clinical",), ("no_subtype",), ("no_clinical_subtype",)]
 DUALTASK_VARIANTS = [(), ("t0_only",), ("t1_only",), ("no_clinical",), ("no_subtype",), ("no_clinical_subtype",)]
 
@@ -164,7 +188,8 @@ def test_teacher_targets_attached_to_training_patients(tmp_path, fake_prepared):
             s.dual_task.attach_teacher_targets(items, path, entries, 1, 2)
         path = _features(tmp_path, entries, s)
         targets = s.dual_task.attach_teacher_targets(items, path, entries, 1, 2)
-        assert [t["teacher"].tolist() for t in targets] == [[0.5, 1.5]] * len(items)
+        rms = np.sqrt((0.5**2 + 1.5**2) / 2)  # one scale: the root mean square over the training patients
+        assert [t["teacher"].tolist() for t in targets] == [pytest.approx([0.5 / rms, 1.5 / rms])] * len(items)
 
 
 @pytest.mark.parametrize("sidecar,message", [
@@ -201,3 +226,19 @@ def test_select_reports_missing_visit_and_empty_folds(fake_prepared):
             s.data.select(entries, ["T0"], [7])
         with pytest.raises(FileNotFoundError, match="datalist.json: not found"):
             s.data.load_datalist(str(fake_prepared / "images"))
+
+
+def test_checkpoint_settings_are_read_back_and_foreign_checkpoints_refused(tmp_path):
+    with bundle_scripts("pcr_teacher") as s:
+        settings = s.checkpoint.ModelSettings(widen_factor=0.125, visits=["T0", "T1"]).state_dict()
+        torch.save({"model": {}, "settings": settings}, tmp_path / "ok.pt")
+        assert s.checkpoint.saved_settings(str(tmp_path / "ok.pt"))["widen_factor"] == 0.125
+        torch.save({"w": torch.zeros(1)}, tmp_path / "bare.pt")
+        with pytest.raises(ValueError, match="bare.pt: checkpoint has no saved settings"):
+            s.checkpoint.saved_settings(str(tmp_path / "bare.pt"))
+        other = dict(settings, clinical_encoding={**settings["clinical_encoding"], "agents": ["agent_x"]})
+        torch.save({"model": {}, "settings": other}, tmp_path / "other.pt")
+        with pytest.raises(ValueError, match="other.pt: the model's clinical encoding differs from this bundle's"):
+            s.checkpoint.saved_settings(str(tmp_path / "other.pt"))
+        with pytest.raises(FileNotFoundError, match="missing.pt: checkpoint not found"):
+            s.checkpoint.saved_settings(str(tmp_path / "missing.pt"))

@@ -38,13 +38,16 @@ def test_out_of_fold_predictions_are_the_soft_vote_of_the_inner_models(cv_run, f
     vote = pd.concat(inner).groupby("id")["probability"].mean()[_fold_ids(fake_prepared, [0])]
     assert written.set_index("id")["probability"].to_dict() == pytest.approx(vote.to_dict())
     assert len(results.test["conv2"]) == len(written)
-    # validation predictions: each inner model on its own validation fold, never on the test fold
+    # inner-model predictions: each inner model on its own validation fold and on the test fold
     validation = pd.read_csv(runner.out / "validation_dualtask.csv", dtype={"id": str})
-    assert list(validation.columns) == ["id", "outer_fold", "method", "probability", "label", "fold"]
-    assert sorted(validation["id"]) == _fold_ids(fake_prepared, [1, 2]) and set(validation.outer_fold) == {0}
-    for fold, model in ((1, inner[0]), (2, inner[1])):
-        rows = validation[validation.fold == fold].set_index("id")["probability"]
-        assert rows.to_dict() == pytest.approx(model.set_index("id")["probability"][rows.index].to_dict())
+    assert list(validation.columns) == ["id", "outer_fold", "method", "probability", "label", "fold", "val_fold"]
+    assert set(validation.outer_fold) == {0} and set(validation.val_fold) == {1, 2}
+    for val_fold, model in ((1, inner[0]), (2, inner[1])):
+        rows = validation[validation.val_fold == val_fold]
+        assert sorted(rows["id"]) == _fold_ids(fake_prepared, [0, val_fold])
+        assert set(rows.fold) == {0, val_fold}
+        assert rows.set_index("id")["probability"].to_dict() == pytest.approx(
+            model.set_index("id")["probability"][rows["id"]].to_dict())
 
 
 def test_every_inner_split_uses_a_teacher_trained_on_its_own_training_folds(cv_run, fake_prepared):
@@ -67,11 +70,45 @@ def test_rerun_reuses_trained_models(cv_run):
     stamps = [m.stat().st_mtime_ns for m in markers]
     runner.train(methods[0].bundle, methods[0].train, Split(1, 0), methods[0].teacher)
     assert [m.stat().st_mtime_ns for m in markers] == stamps
-    # another setting (here the seed) trains afresh instead of reusing a model trained differently
+    # a model trained with other settings (here the seed) is never replaced: the run stops, naming both
     reseeded = Runner(runner.data, runner.out, runner.profile, runner.epochs, seed=1, overrides=runner.overrides)
-    teacher_dir = reseeded.train("pcr_teacher", (), Split(1, 0))
+    teacher_dir = reseeded.model_dir("pcr_teacher", Split(1, 0))
+    with pytest.raises(ValueError, match=r"holds a model trained with other settings \(.*seed 0.*\); "
+                                         r"this run's settings: .*seed 1"):
+        reseeded.train("pcr_teacher", (), Split(1, 0))
+    assert json.loads((teacher_dir / "trained.json").read_text())["seed"] == 0
+    assert (teacher_dir / "models" / "teacher_features.csv").is_file() and (teacher_dir / "models" / "model.pt").is_file()
+    # an interrupted training (no trained.json) is started again
+    (teacher_dir / "trained.json").rename(teacher_dir / "was_trained.json")
+    reseeded.train("pcr_teacher", (), Split(1, 0))
     assert json.loads((teacher_dir / "trained.json").read_text())["seed"] == 1
-    assert not (teacher_dir / "models" / "teacher_features.csv").exists()  # the old export is gone
+    assert not (teacher_dir / "was_trained.json").exists()
+
+
+def test_baselines_in_the_same_folds_with_scaling_fitted_on_training_folds(cv_run, fake_prepared):
+    """lr_* methods: same drivers and CSVs as the bundles; nothing of the held-out folds in the fit."""
+    from evaluation import baselines
+
+    runner, _, _ = cv_run
+    results = nested_cv(runner, parse_methods("lr_clinical,lr_ftv,lr_ftv_t2"), outer_folds=[0])
+    for name in ("lr_clinical", "lr_ftv", "lr_ftv_t2"):
+        written = pd.read_csv(runner.out / f"predictions_{name}.csv", dtype={"id": str})
+        assert sorted(written["id"]) == _fold_ids(fake_prepared, [0]) and written.probability.between(0, 1).all()
+        assert set(results.validation[name].val_fold) == {1, 2}
+    entries = json.loads((fake_prepared / "datalist.json").read_text())["training"]
+    table = baselines.feature_table(entries, "ftv_t2")
+    assert list(table.columns[-3:]) == ["log_ftv_T0", "log_ftv_change_T1", "log_ftv_change_T2"]
+    train = [e["fold"] == 2 for e in entries]
+    model = baselines.pipeline(table).fit(table[train], [e["label"] for e, t in zip(entries, train) if t])
+    scaler = model.named_steps["encode"].named_transformers_["scaled"]
+    assert scaler.mean_[-1] == pytest.approx(table[train]["log_ftv_change_T2"].mean())
+    assert scaler.mean_[0] == pytest.approx(table[train]["clinical_12"].mean())  # age, from training folds only
+    # changing a held-out patient changes nothing fitted on the training folds
+    held_out = next(e for e in entries if e["fold"] == 0)
+    before = baselines.fit_predict(entries, "ftv", [2], [1])
+    altered = [dict(e, ftv_ml={k: v * 50 for k, v in e["ftv_ml"].items()}) if e is held_out else e for e in entries]
+    assert baselines.fit_predict(altered, "ftv", [2], [1]).probability.tolist() == pytest.approx(
+        before.probability.tolist())
 
 
 def test_inner_validation_folds():
@@ -86,7 +123,7 @@ def test_outer_folds_in_parallel_with_one_inner_split(fake_prepared, tmp_path):
     assert sorted(results.test["conv2"]["id"]) == _fold_ids(fake_prepared, [0, 1])
     assert sorted(p.name for p in (tmp_path / "models" / "pcr_teacher").iterdir()) == ["test0_val2", "test1_val0"]
     validation = results.validation["conv2"]
-    assert set(zip(validation.outer_fold, validation.fold)) == {(0, 2), (1, 0)}
+    assert set(zip(validation.outer_fold, validation.val_fold)) == {(0, 2), (1, 0)}
 
 
 def test_cli_errors(tmp_path, capsys):

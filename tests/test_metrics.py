@@ -119,8 +119,8 @@ def test_metric_summary_every_metric_with_ci():
     rng = np.random.default_rng(2)
     y = rng.binomial(1, 0.3, 120)
     p = expit(rng.normal(2 * y - 1, 1.2))
-    summary = metric_summary(y, p, youden=0.4, n_resamples=100, seed=0)
-    assert set(summary) == set(all_metrics(y, p, 0.4))
+    summary = metric_summary(y, p, youden_prob=p, n_resamples=100, seed=0)
+    assert set(summary) == set(all_metrics(y, p, p))
     assert "sensitivity @Youden" in summary and "ECE" in summary
     for name, (estimate, low, high) in summary.items():
         assert np.isfinite([estimate, low, high]).all() and low <= high, name

@@ -27,18 +27,26 @@ def _probabilities(labels, strength, seed):
 
 @pytest.fixture(scope="module")
 def inputs(fake_prepared, tmp_path_factory):
-    """Out-of-fold test predictions (outer fold = the patient's fold) and, per outer fold,
-    validation predictions of the other folds' patients, for three methods."""
+    """For three methods, as ``cv`` writes them: per outer fold, each inner model (one per other
+    fold, validating on it) predicts its validation and test folds; the test predictions are the
+    soft vote (mean) of the inner models."""
     root = tmp_path_factory.mktemp("report_inputs")
     cohort = _cohort(fake_prepared)
+    folds = sorted(cohort.fold.unique())
     files = {"test": [], "validation": []}
-    for seed, (method, strength) in enumerate({"dualtask": 0.5, "conv1": 0.3, "teacher": 0.6}.items()):
-        test = cohort.assign(outer_fold=cohort.fold, method=method, probability=_probabilities(cohort.label, strength, seed))
-        val = pd.concat([cohort[cohort.fold != f].assign(outer_fold=f) for f in sorted(cohort.fold.unique())])
-        val = val.assign(method=method, probability=_probabilities(val.label, strength, seed + 10))
-        for kind, frame in (("test", test), ("validation", val)):
+    for seed, (method, strength) in enumerate({"dualtask": 0.3, "conv1": 0.2, "teacher": 0.35}.items()):
+        inner = []
+        for outer in folds:
+            for k, val_fold in enumerate(f for f in folds if f != outer):
+                rows = cohort[cohort.fold.isin([outer, val_fold])]
+                inner.append(rows.assign(outer_fold=outer, val_fold=val_fold, method=method,
+                                         probability=_probabilities(rows.label, strength, 100 * seed + 10 * outer + k)))
+        inner = pd.concat(inner)
+        test = (inner[inner.fold == inner.outer_fold].groupby(["id", "outer_fold", "method", "label"], as_index=False)
+                ["probability"].mean())
+        for kind, frame in (("test", test), ("validation", inner)):
             path = root / f"{kind}_{method}.csv"
-            frame.drop(columns="fold").to_csv(path, index=False)
+            frame.to_csv(path, index=False)
             files[kind].append(path)
     truth = cohort.assign(p_clinical=0.4, p_t0=_probabilities(cohort.label, 0.2, 5), p_t0_t1=0.5, p_t0_t2=0.6)
     truth.loc[1, "p_t0_t1"] = 0.7  # FAKE001 has pCR
@@ -89,16 +97,38 @@ def test_auroc_and_delong_recomputed(report):
     assert metrics.loc[("oracle p_t0_t1", "AUROC"), "estimate"] == pytest.approx(0.5 + 0.5 / 9, rel=1e-6)
 
 
-def test_youden_threshold_comes_from_each_outer_folds_validation(report):
+def _logit(p):
+    return np.log(p / (1 - p))
+
+
+def test_youden_operating_point_calls_each_inner_model_at_its_own_validation_threshold(report):
+    """The threshold is chosen on single-model validation probabilities and applied to the same
+    model's test probabilities; the inner models' calls are soft-voted on the logit scale."""
     out, files = report
-    test = pd.read_csv(files["test"][1])
-    val = pd.read_csv(files["validation"][1])
-    assert test.method[0] == "conv1"
-    thresholds = {f: youden_threshold(v.label, v.probability) for f, v in val.groupby("outer_fold")}
-    expected = operating_point(test.label, test.probability, test.outer_fold.map(thresholds).to_numpy())
+    inner = pd.read_csv(files["validation"][1])
+    assert inner.method[0] == "conv1"
+    votes = []
+    for (outer, val_fold), model in inner.groupby(["outer_fold", "val_fold"]):
+        val, test = model[model.fold == val_fold], model[model.fold == outer]
+        threshold = youden_threshold(val.label, val.probability)
+        votes.append(test.assign(score=_logit(test.probability) - _logit(threshold)))
+    called = pd.concat(votes).groupby(["id", "label"], as_index=False)["score"].mean()
+    expected = operating_point(called.label, (called.score >= 0).astype(float), 0.5)
     metrics = pd.read_csv(out / "metrics.csv").set_index(["method", "metric"])
     assert metrics.loc[("conv1", "sensitivity @Youden"), "estimate"] == pytest.approx(expected["sensitivity"])
     assert metrics.loc[("conv1", "specificity @Youden"), "estimate"] == pytest.approx(expected["specificity"])
+
+
+def test_youden_with_one_inner_model_is_its_validation_threshold():
+    from evaluation.report import youden_scores
+
+    val = pd.DataFrame({"id": list("abcdef"), "label": [0, 0, 1, 0, 1, 1], "probability": [.1, .3, .35, .4, .6, .7]})
+    test = pd.DataFrame({"id": list("uvwxyz"), "label": [0, 1, 0, 1, 0, 1], "probability": [.2, .34, .36, .5, .33, .9]})
+    inner = pd.concat([val.assign(fold=1), test.assign(fold=0)]).assign(outer_fold=0, val_fold=1, method="m")
+    threshold = youden_threshold(val.label, val.probability)
+    assert threshold == pytest.approx(0.35)
+    called = youden_scores(test.assign(outer_fold=0, method="m"), inner) >= 0.5
+    assert called.tolist() == (test.probability >= threshold).tolist()
 
 
 def test_summary_is_printed(inputs, tmp_path, capsys):
@@ -134,7 +164,7 @@ def test_bad_predictions(inputs, tmp_path, capsys, change, message):
 def test_validation_overlapping_the_reported_patients_is_refused(inputs, tmp_path, capsys):
     files, _ = inputs
     test = pd.read_csv(files["test"][0], dtype={"id": str})
-    bad = _bad(tmp_path, test, "validation.csv")
+    bad = _bad(tmp_path, test.assign(fold=test.outer_fold, val_fold=test.outer_fold), "validation.csv")
     assert main(["report", "--predictions", str(files["test"][0]), "--validation", str(bad),
                  "--out", str(tmp_path / "o"), "--resamples", "10"]) == 2
     assert "must not see reported patients" in capsys.readouterr().err

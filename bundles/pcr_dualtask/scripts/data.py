@@ -27,6 +27,7 @@ from monai.transforms import (
     LoadImaged,
     NormalizeIntensityd,
     Orientationd,
+    Resized,
 )
 
 AGENTS = (
@@ -151,14 +152,18 @@ def _first_channels(image, count: int):
     return image[:count]
 
 
-def visit_transforms(visits: Sequence[str], channels: int) -> list:
-    """Deterministic loading: per visit the first ``channels`` channels, scaled, then all visits
-    concatenated in order into ``image`` (channels ``visit * channels + c``)."""
+def visit_transforms(visits: Sequence[str], channels: int, spatial_size: Sequence[int] | None = None) -> list:
+    """Deterministic loading: per visit the first ``channels`` channels, scaled, optionally
+    resampled to ``spatial_size`` by area averaging (the FTV mask becomes the tumour fraction of
+    each voxel, so the tumour volume is kept), then all visits concatenated in order into
+    ``image`` (channels ``visit * channels + c``)."""
     visits = list(visits)
+    resize = [Resized(keys=visits, spatial_size=list(spatial_size), mode="area")] if spatial_size else []
     return [
         LoadImaged(keys=visits, ensure_channel_first=True, image_only=True),
         Orientationd(keys=visits, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         Lambdad(keys=visits, func=partial(_first_channels, count=channels)),
+        *resize,
         NormalizeIntensityd(
             keys=visits, subtrahend=[0.0] * channels, divisor=list(CHANNEL_DIVISORS[:channels]), channel_wise=True
         ),

@@ -16,7 +16,8 @@ from .data import fold_digest
 
 def attach_teacher_targets(items: list[dict], path: str, entries: list[dict], val_fold: int,
                            test_fold: int) -> list[dict]:
-    """Add each training patient's teacher T2 representation as ``teacher``.
+    """Add each training patient's teacher T2 representation as ``teacher``, divided by the
+    representations' root mean square over ``items``.
 
     Refuses a representation file whose teacher saw this run's test or validation fold (a
     held-out patient must never shape a teacher target) or that comes from another cohort.
@@ -35,12 +36,14 @@ def attach_teacher_targets(items: list[dict], path: str, entries: list[dict], va
     if val_fold in sidecar["train_folds"]:
         raise ValueError(f"{path}: teacher trained on fold {val_fold}, this run's validation fold")
     table = pd.read_csv(path, dtype={"id": str}).set_index("id")
-    targets = []
-    for item in items:
-        if item["id"] not in table.index:
-            raise ValueError(f"patient {item['id']}: no teacher representation in {path}")
-        targets.append(dict(item, teacher=table.loc[item["id"]].to_numpy(dtype=np.float32)))
-    return targets
+    missing = [item["id"] for item in items if item["id"] not in table.index]
+    if missing:
+        raise ValueError(f"patient {missing[0]}: no teacher representation in {path}")
+    targets = table.loc[[item["id"] for item in items]].to_numpy(dtype=np.float32)
+    # one scale for all dimensions (root mean square over these training patients), so that
+    # mse_weight 1 weighs the two tasks alike whatever the teacher's feature scale
+    targets = targets / max(float(np.sqrt(np.mean(targets**2))), 1e-6)
+    return [dict(item, teacher=target) for item, target in zip(items, targets)]
 
 
 class DualTaskLoss(nn.Module):

@@ -3,7 +3,7 @@
 ``monai.bundle ckpt_export`` writes TorchScript from the image alone; ONNX runtimes need the
 clinical vector as a named input too, so the export runs from Python:
 
-    network.load_state_dict(torch.load("models/model.pt"))
+    network.load_state_dict(torch.load("models/model.pt", weights_only=True)["model"])
     export_onnx(network, "models/model.onnx", visits=2)
 """
 

@@ -1,0 +1,82 @@
+"""Classical references beside the deep models: scikit-learn logistic regressions on the datalist.
+
+- ``clinical``: the clinical and subtype vector exactly as the bundles encode it (Table 1 of Jing
+  & Wang: the paper's clinical-and-subtype-only reference);
+- ``ftv``: + log FTV at T0 and its log change at T1 (the I-SPY clinical standard for early
+  prediction);
+- ``ftv_t2``: + the log change at T2 (the late-information classical reference).
+
+The encoding is the bundles' own (``scripts/data.py`` of ``pcr_teacher``), so a regression and a
+network see the same fields. Age and the FTV features are z-scored inside the pipeline, so the
+scaling is fitted on the training folds only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import cache
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .methods import BUNDLES, TEACHER
+
+# FTV offset before the logarithm: 0.1 mL, the smallest tumour component prepare keeps, so a
+# complete responder's FTV of 0 has a finite log
+FTV_OFFSET_ML = 0.1
+FEATURE_SETS = {"clinical": (), "ftv": ("T0", "T1"), "ftv_t2": ("T0", "T1", "T2")}
+
+
+@cache
+def bundle_encoding():
+    """The bundles' ``scripts/data.py`` (clinical encoding), loaded from its file."""
+    spec = importlib.util.spec_from_file_location("pcr_bundle_data", BUNDLES / TEACHER / "scripts" / "data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def feature_table(entries: list[dict], features: str) -> pd.DataFrame:
+    """One row per datalist entry (index ``id``): encoded clinical vector, then the FTV features."""
+    encoding = bundle_encoding()
+    visits = FEATURE_SETS[features]
+    rows = []
+    for entry in entries:
+        vector = encoding.encode_clinical(entry["id"], entry.get("clinical") or {})
+        row = {f"clinical_{i}": float(v) for i, v in enumerate(vector)}
+        if visits:
+            ftv = entry.get("ftv_ml") or {}
+            missing = [v for v in visits if ftv.get(v) is None]
+            if missing:
+                raise ValueError(f"patient {entry['id']}: no FTV for visit(s) {', '.join(missing)} in datalist.json")
+            log_ftv = {v: np.log(float(ftv[v]) + FTV_OFFSET_ML) for v in visits}
+            row["log_ftv_T0"] = log_ftv[visits[0]]
+            for visit in visits[1:]:
+                row[f"log_ftv_change_{visit}"] = log_ftv[visit] - log_ftv[visits[0]]
+        rows.append(row)
+    return pd.DataFrame(rows, index=pd.Index([e["id"] for e in entries], name="id"))
+
+
+def pipeline(table: pd.DataFrame) -> Pipeline:
+    """Age and FTV features z-scored, the 0/1 codes as they are; then a logistic regression."""
+    scaled = [f"clinical_{bundle_encoding().AGE_INDEX}"] + [c for c in table if c.startswith("log_ftv")]
+    encode = ColumnTransformer([("scaled", StandardScaler(), scaled)], remainder="passthrough")
+    return Pipeline([("encode", encode), ("model", LogisticRegression(max_iter=1000))])
+
+
+def fit_predict(entries: list[dict], features: str, train_folds: list[int], folds: list[int]) -> pd.DataFrame:
+    """``id, probability, label`` of the patients in ``folds`` from a regression fitted on ``train_folds``."""
+    table = feature_table(entries, features)
+    fold = pd.Series([e["fold"] for e in entries], index=table.index)
+    label = pd.Series([e["label"] for e in entries], index=table.index)
+    train = fold.isin(train_folds)
+    if label[train].nunique() < 2:
+        raise ValueError(f"training folds {train_folds} hold one class only")
+    model = pipeline(table).fit(table[train], label[train])
+    chosen = fold.isin(folds)
+    return pd.DataFrame({"id": table.index[chosen], "probability": model.predict_proba(table[chosen])[:, 1],
+                         "label": label[chosen].to_numpy()})
