@@ -40,18 +40,19 @@ def _parser() -> argparse.ArgumentParser:
     cv = sub.add_parser("cv", parents=[common], help="nested cross-validation (5 outer x 4 inner on a 5-fold cohort)")
     cv.add_argument("--outer-folds", type=_folds, default=None, help="run only these outer folds, e.g. 0,1")
     cv.add_argument("--inner-folds", type=int, default=None, help="inner splits per outer fold (default: all)")
-    cv.add_argument("--jobs", type=int, default=1, help="outer folds trained at once (each with cores/jobs threads)")
+    cv.add_argument("--jobs", type=int, default=1, help="independent training tasks at once (each with cores/jobs threads)")
     split = sub.add_parser("holdout", parents=[common], help="one train/validation/test split")
     split.add_argument("--val-fold", type=int, default=3)
     split.add_argument("--test-fold", type=int, default=4)
     benchmark = sub.add_parser("benchmark", parents=[common],
                                help="the paper's comparison: every method by nested cross-validation, then the report")
-    benchmark.add_argument("--jobs", type=int, default=None, help="outer folds trained at once (profile default)")
+    benchmark.add_argument("--jobs", type=int, default=None, help="independent training tasks at once (profile default)")
     report = sub.add_parser("report", help="statistics, figures, report.md and report.html from prediction CSVs")
     report.add_argument("--predictions", type=Path, nargs="+", required=True, help="CSV(s): id, outer_fold, method, "
                                                                                    "probability, label")
     report.add_argument("--validation", type=Path, nargs="*", default=None,
-                        help="validation predictions (same columns) for the Youden threshold of each outer fold")
+                        help="inner-model predictions (validation_<method>.csv of cv/holdout: + fold, val_fold; each "
+                             "inner model on its validation and test folds) for the Youden operating point")
     report.add_argument("--data", type=Path, default=None, help="prepared cohort: subgroups and odds ratios")
     report.add_argument("--out", type=Path, required=True)
     report.add_argument("--about", type=Path, default=None, help="JSON of run details for the header "

@@ -96,7 +96,8 @@ def _bench(work: Path, data: Path, bundle: str, profile: str, epochs: int, round
         trainer_rates.append(epochs * patients / t_trainer)
         manual_rates.append(epochs * patients / t_manual)
         ratios.append(t_manual / t_trainer)
-    torch.save(parser.get_parsed_content("network").state_dict(), work / "model.pt")
+    torch.save({"model": parser.get_parsed_content("network").state_dict(),
+                "settings": parser.get_parsed_content("model_settings").state_dict()}, work / "model.pt")
 
     infer = _parser(bundle, ["inference"], profile, dataset_dir=str(data), output_dir=str(work), ckpt_dir=str(work),
                     batch_size=1, infer_folds=[test_fold])

@@ -69,10 +69,12 @@ def _outer_fold(runner: Runner, methods: list[Method], test_fold: int, val_folds
 
 
 def plan_trainings(runner: Runner, methods: list[Method], splits: list[Split]) -> None:
-    """Tell the runner's progress how many trainings (not yet done) lie ahead."""
-    keys = {m.model_key for m in methods if m.features is None}
-    keys |= {model_key(TEACHER, m.teacher) for m in methods if m.teacher is not None}
-    ahead = sum(not runner.is_trained(key, split) for key in keys for split in splits)
+    """Tell the runner's progress how many trainings (not yet done) lie ahead; a model of other
+    settings in the output folder stops the run here, before any training."""
+    models = {(m.bundle, m.train, m.teacher) for m in methods if m.features is None}
+    models |= {(TEACHER, m.teacher, None) for m in methods if m.teacher is not None}
+    ahead = sum(not runner.is_trained(bundle, train, split, teacher)
+                for bundle, train, teacher in models for split in splits)
     runner.progress.plan(ahead, runner.profile_epochs)
     log.info("%d model(s) to train (%d split(s)), %d epochs each", ahead, len(splits), runner.profile_epochs)
 

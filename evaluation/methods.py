@@ -45,11 +45,11 @@ def model_key(bundle: str, train: tuple[str, ...], teacher: tuple[str, ...] | No
 
 METHODS = {m.name: m for m in (
     Method("dualtask", "2-stage dual-task: T0+T1+clinical+subtypes", DUALTASK, teacher=()),
-    Method("dualtask_no_clinical_subtype", "2-stage dual-task without clinical & subtypes", DUALTASK,
+    Method("dualtask_no_clinical_subtype", "2-stage dual-task without clinical & subtypes (full teacher)", DUALTASK,
            ("no_clinical_subtype",), teacher=()),
-    Method("dualtask_no_clinical", "2-stage dual-task without clinical", DUALTASK, ("no_clinical",),
+    Method("dualtask_no_clinical", "2-stage dual-task without clinical (full teacher)", DUALTASK, ("no_clinical",),
            teacher=()),
-    Method("dualtask_no_subtype", "2-stage dual-task without subtypes", DUALTASK, ("no_subtype",),
+    Method("dualtask_no_subtype", "2-stage dual-task without subtypes (full teacher)", DUALTASK, ("no_subtype",),
            teacher=()),
     Method("dualtask_t0", "2-stage dual-task: T0+clinical+subtypes", DUALTASK, ("t0_only",), teacher=()),
     Method("dualtask_t1", "2-stage dual-task: T1+clinical+subtypes", DUALTASK, ("t1_only",), teacher=()),

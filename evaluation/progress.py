@@ -39,6 +39,8 @@ class Progress:
     def epoch(self, name: str, epoch: int, epochs: int, metrics: str) -> None:
         with self.lock:
             self.done_epochs += 1
+            if epoch % 5 and epoch not in (1, epochs):  # a line every 5 epochs is enough to follow
+                return
             elapsed = time.perf_counter() - self.started
             share = self.done_epochs / max(self.planned_epochs, self.done_epochs)
             left = elapsed / share - elapsed
@@ -55,20 +57,24 @@ def minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def watch(process: subprocess.Popen, log_path: Path, on_epoch, poll_s: float = 2.0) -> int:
-    """Wait for ``process``, calling ``on_epoch(epoch, metrics)`` for each epoch line that
-    appears in ``log_path``; returns the exit status."""
+def watch(process: subprocess.Popen, log_path: Path, on_match, pattern: re.Pattern = EPOCH_LINE,
+          offset: int = 0, poll_s: float = 2.0) -> int:
+    """Wait for ``process``, calling ``on_match(match)`` for each line of ``log_path`` from byte
+    ``offset`` on (where the process began writing) that ``pattern`` matches (by default each
+    validated epoch); returns the exit status."""
     with open(log_path, errors="replace") as stream:
-        stream.seek(0, 2)
+        stream.seek(offset)
         pending = ""
         while True:
-            status = process.poll()
+            try:  # returns as soon as the process ends
+                status = process.wait(timeout=poll_s)
+            except subprocess.TimeoutExpired:
+                status = None
             pending += stream.read()
             *lines, pending = pending.split("\n")
             for line in lines:
-                match = EPOCH_LINE.search(line)
+                match = pattern.search(line)
                 if match:
-                    on_epoch(int(match.group(1)), match.group(2))
+                    on_match(match)
             if status is not None:
                 return status
-            time.sleep(poll_s)

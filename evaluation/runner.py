@@ -26,7 +26,7 @@ import pandas as pd
 from preprocessing.atomic import atomic_write_text
 
 from . import baselines
-from .methods import BUNDLES, TEACHER, Method, model_key
+from .methods import BUNDLES, DUALTASK, TEACHER, Method, model_key
 from .progress import Progress, watch
 
 PROFILES = {"cpu": ("profile_cpu",), "gpu": ()}
@@ -38,6 +38,10 @@ EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception): ")
 
 class BundleRunError(RuntimeError):
     pass
+
+
+class SettingsConflict(ValueError):
+    """The output folder holds a model trained with other settings."""
 
 
 def settings_text(record: dict) -> str:
@@ -133,12 +137,17 @@ class Runner:
         return {e["id"]: e["fold"] for e in self.entries}
 
     @cached_property
+    def bundle_digests(self) -> dict[str, str]:
+        """Digests of the bundles' files when this run started (edits during a run change nothing)."""
+        return {bundle: bundle_digest(bundle) for bundle in (TEACHER, DUALTASK)}
+
+    @cached_property
     def profile_epochs(self) -> int:
         return self.epochs or int(merged_settings(TEACHER, ("train",), self.profile)["epochs"])
 
     def run_bundle(self, bundle: str, configs: tuple[str, ...], log: Path, on_epoch=None, **overrides) -> None:
         """``python -m monai.bundle run`` with the bundle's configs + profile + override files;
-        ``on_epoch(epoch, metrics)`` is called for each validated epoch the run logs."""
+        ``on_epoch(match)`` is called for each validated epoch the run logs (``progress.EPOCH_LINE``)."""
         root = BUNDLES / bundle
         files = config_files(bundle, configs, self.profile)
         overrides = {**self.overrides, **overrides}
@@ -155,11 +164,12 @@ class Runner:
         with open(log, "a") as stream:
             stream.write(" ".join(command) + "\n")
             stream.flush()
+            start = stream.tell()
             env = dict(os.environ, TQDM_DISABLE="1")
             if self.threads:
                 env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
             process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=env)
-        status = watch(process, log, on_epoch or (lambda epoch, metrics: None))
+        status = watch(process, log, on_epoch or (lambda match: None), offset=start)
         if status != 0:
             raise BundleRunError(f"{bundle} {' + '.join(configs)} failed (exit {status}): "
                                  f"{root_cause(log.read_text())} -- full log: {log}")
@@ -167,24 +177,32 @@ class Runner:
     def model_dir(self, key: str, split: Split) -> Path:
         return self.out / "models" / key / split.name
 
-    def is_trained(self, key: str, split: Split) -> bool:
-        return (self.model_dir(key, split) / "trained.json").is_file()
+    def record(self, bundle: str, train: tuple[str, ...], split: Split) -> dict:
+        """What ``trained.json`` holds: everything that tells two trainings apart."""
+        return json.loads(json.dumps({"bundle": bundle, "overrides": list(train), "split": split.name,
+                                      "cohort": self.cohort, "bundle_files": self.bundle_digests[bundle],
+                                      "profile": self.profile, "epochs": self.epochs,
+                                      "seed": self.seed, "config": self.overrides}, default=str))
+
+    def is_trained(self, bundle: str, train: tuple[str, ...], split: Split, teacher: tuple[str, ...] | None = None) -> bool:
+        """Whether a model of these settings is finished; a model of other settings in its folder
+        is a ``SettingsConflict`` (it is never overwritten)."""
+        run_dir = self.model_dir(model_key(bundle, train, teacher), split)
+        marker = run_dir / "trained.json"
+        if not marker.is_file():
+            return False
+        found, record = json.loads(marker.read_text()), self.record(bundle, train, split)
+        if found != record:
+            raise SettingsConflict(f"{run_dir} holds a model trained with other settings ({settings_text(found)}); "
+                                   f"this run's settings: {settings_text(record)}. Choose another --out, "
+                                   "or delete that folder yourself")
+        return True
 
     def train(self, bundle: str, train: tuple[str, ...], split: Split, teacher: tuple[str, ...] | None = None) -> Path:
         """Train (or reuse) one model on ``split``; stage 2 first trains and exports its teacher."""
         run_dir = self.model_dir(model_key(bundle, train, teacher), split)
-        marker = run_dir / "trained.json"
-        record = json.loads(json.dumps({"bundle": bundle, "overrides": list(train), "split": split.name,
-                                        "cohort": self.cohort, "bundle_files": bundle_digest(bundle),
-                                        "profile": self.profile, "epochs": self.epochs,
-                                        "seed": self.seed, "config": self.overrides}, default=str))
-        if marker.is_file():
-            found = json.loads(marker.read_text())
-            if found == record:
-                return run_dir
-            raise ValueError(f"{run_dir} holds a model trained with other settings ({settings_text(found)}); "
-                             f"this run's settings: {settings_text(record)}. Choose another --out, "
-                             "or delete that folder yourself")
+        if self.is_trained(bundle, train, split, teacher):
+            return run_dir
         if run_dir.exists():  # an interrupted training: no finished model to lose
             log.info("%s: unfinished training of an earlier run, starting it again", run_dir)
             shutil.rmtree(run_dir)
@@ -195,9 +213,9 @@ class Runner:
         name = f"{model_key(bundle, train, teacher)} {split.name}"
         epochs = self.profile_epochs
         self.run_bundle(bundle, ("train",) + train, run_dir / "train.log",
-                        on_epoch=lambda epoch, metrics: self.progress.epoch(name, epoch, epochs, metrics), **overrides)
+                        on_epoch=lambda m: self.progress.epoch(name, int(m.group(1)), epochs, m.group(2)), **overrides)
         self.progress.model_done()
-        atomic_write_text(json.dumps(record, default=str) + "\n", marker)
+        atomic_write_text(json.dumps(self.record(bundle, train, split)) + "\n", run_dir / "trained.json")
         return run_dir
 
     def export_teacher(self, teacher: tuple[str, ...], split: Split) -> Path:

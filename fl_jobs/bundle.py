@@ -40,14 +40,15 @@ def find_bundle(name: str) -> Path:
     raise FileNotFoundError(f"bundle {name} is in no folder of sys.path (the job copies it into each app's custom/)")
 
 
-def network(bundle: str, config_files: list[str], overrides: dict | None = None):
+def network(bundle: str, config_files: list[str], overrides: dict):
     """The bundle's ``network_def``, built without data (the server's initial global model).
 
-    Age statistics are buffers of the network; the global model's come from the clients."""
+    Its age buffers are ``overrides["age_stats"]``, the statistics pooled over the sites' training
+    patients, which stay fixed: clients neither send nor overwrite them."""
     root = find_bundle(bundle)
     parser = ConfigParser()
     parser.read_config([str(root / f) for f in config_files])
-    parser.update({**(overrides or {}), "bundle_root": str(root), "network_def#age_stats": [0.0, 1.0]})
+    parser.update({**overrides, "bundle_root": str(root)})
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     return parser.get_parsed_content("network_def")

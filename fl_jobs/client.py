@@ -10,7 +10,9 @@ evaluate configs:
 - ``submit_model`` (cross-site evaluation): send the site's best local weights.
 
 Only weights, weight differences and metrics leave the site. Parameters matching
-``--exclude-vars`` stay local: they are neither sent nor overwritten by the global model.
+``--exclude-vars`` stay local: they are neither sent nor overwritten by the global model. So do
+the age z-score buffers: every site and the server build the network with the same pooled age
+statistics (``--overrides``' ``age_stats``), which aggregation must neither average nor reset.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from monai.fl.utils.constants import ExtraItems, FlStatistics, ModelType
 from monai.fl.utils.exchange_object import ExchangeObject
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
-from evaluation.runner import relative_config_files
+from evaluation.runner import checkpoint_settings, relative_config_files
 from fl_jobs.bundle import find_bundle
+
+FROZEN = r"^clinical\.age_(mean|std)$"  # ClinicalInput's buffers, fixed at the pooled age statistics
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,15 +46,15 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def keep_shared(params: dict, exclude: re.Pattern | None) -> dict:
-    return {k: v for k, v in params.items() if exclude is None or not exclude.search(k)}
+def keep_shared(params: dict, exclude: re.Pattern) -> dict:
+    return {k: v for k, v in params.items() if not exclude.search(k)}
 
 
 def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    exclude = re.compile(args.exclude_vars) if args.exclude_vars else None
+    exclude = re.compile("|".join(f"(?:{r})" for r in (FROZEN, args.exclude_vars) if r))
     bundle_root = str(find_bundle(args.bundle))
     overrides = {"bundle_root": bundle_root, "dataset_dir": args.data, **json.loads(args.overrides)}
     flare.init()
@@ -63,7 +67,10 @@ def main() -> None:
         train_kwargs=dict(overrides),
         config_evaluate_filename=relative_config_files(("train", "evaluate"), args.profile),
         # evaluation on the site's own validation patients (the test fold is held centrally)
-        eval_kwargs={**overrides, "eval_folds": "$[@val_fold]"},
+        eval_kwargs={**overrides, "eval_folds": "$[@val_fold]",
+                     # received weights come without a checkpoint: the architecture is this training's
+                     "model_settings": checkpoint_settings(bundle_root, relative_config_files(("train",), args.profile),
+                                                           overrides)},
     )
     algo.initialize({ExtraItems.CLIENT_NAME: site})
     while flare.is_running():

@@ -4,7 +4,9 @@
 splits the prepared cohort by site (``fl_jobs.sites``), builds NVFlare's ``FedAvgRecipe`` with one
 client per site running ``fl_jobs/client.py`` on its own copy of the bundle, the server's
 central-test evaluator (``fl_jobs.server``) and cross-site evaluation, runs it (or exports it
-with ``--export``), checks the workspace and writes ``WS/summary.json``.
+with ``--export``), checks the workspace and writes ``WS/summary.json``. Before it, a short
+federated-statistics job pools the age mean and standard deviation of every site's training
+patients (``fl_jobs.stats``), which clients and server then hold fixed in the network.
 """
 
 from __future__ import annotations
@@ -12,17 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
-from evaluation.runner import EXCEPTION_LINE, PROFILES, merged_settings, relative_config_files
+from evaluation.methods import BUNDLES
+from evaluation.runner import EXCEPTION_LINE, PROFILES, checkpoint_settings, merged_settings, relative_config_files
 from fl_jobs.bundle import copy_bundle
 from fl_jobs.sites import SiteDataError, split_sites
 from preprocessing.atomic import atomic_write_json
 
 CLIENT = Path(__file__).resolve().parent / "client.py"
+STATS_JOB, STATS_OUTPUT = "age_statistics", "statistics/age.json"  # the output is relative to the server's run folder
 log = logging.getLogger("fl_jobs")
 
 
@@ -53,6 +58,8 @@ def add_common_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--percentile", type=int, default=10, help="PercentilePrivacy percentile")
     p.add_argument("--gamma", type=float, default=0.01, help="PercentilePrivacy clipping bound")
     p.add_argument("--exclude-vars", default=None, help="regex of parameters that stay at each site")
+    p.add_argument("--min-count", type=int, default=10,
+                   help="fewest training patients a site needs to share its age statistics (NVFlare's default)")
     return p
 
 
@@ -67,13 +74,17 @@ def parser(bundle: str) -> argparse.ArgumentParser:
     return p
 
 
+def default_rounds(bundle: str, profile: str, local_epochs: int) -> int:
+    """FL rounds x local epochs = the epochs of centralized training under the profile."""
+    return max(1, int(merged_settings(bundle, ("train",), profile)["epochs"]) // local_epochs)
+
+
 def check_args(bundle: str, args: argparse.Namespace, sites: list[str]) -> None:
-    for option in ("rounds", "local_epochs", "threads"):
+    for option in ("rounds", "local_epochs", "threads", "min_count"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             raise OptionError(f"--{option.replace('_', '-')} must be at least 1")
     if args.rounds is None:
-        # FL rounds x local epochs = the epochs of centralized training under the profile
-        args.rounds = max(1, int(merged_settings(bundle, ("train",), args.profile)["epochs"]) // args.local_epochs)
+        args.rounds = default_rounds(bundle, args.profile, args.local_epochs)
     if args.min_clients is None:
         args.min_clients = len(sites)
     if not 1 <= args.min_clients <= len(sites):
@@ -89,12 +100,58 @@ def check_args(bundle: str, args: argparse.Namespace, sites: list[str]) -> None:
                                     "representations with the global teacher; fl_jobs/two_stage.py does it)")
 
 
-def bundle_overrides(args: argparse.Namespace) -> dict:
-    return {"val_fold": args.val_fold, "test_fold": args.central_fold, "seed": args.seed}
+def bundle_overrides(args: argparse.Namespace, age: dict) -> dict:
+    """Config overrides of every copy of the bundle: folds, seed and the pooled age statistics."""
+    return {"val_fold": args.val_fold, "test_fold": args.central_fold, "seed": args.seed,
+            "age_stats": [age["mean"], age["std"]]}
 
 
-def client_args(bundle: str, args: argparse.Namespace, site: str, folder: Path) -> str:
-    overrides = bundle_overrides(args)
+def age_statistics(args: argparse.Namespace, sites: list[str], workspace: Path) -> dict:
+    """Count, mean and standard deviation of age over every site's training patients, pooled by
+    NVFlare's ``FedStatsRecipe`` in the simulator; its minimum-count guard refuses a small site."""
+    from nvflare.app_common.app_constant import StatisticsConstants as StC
+    from nvflare.recipe import SimEnv
+    from nvflare.recipe.fedstats import FedStatsRecipe
+
+    from fl_jobs.stats import DATASET, FEATURE, AgeStatistics
+
+    recipe = FedStatsRecipe(name=STATS_JOB, stats_output_path=STATS_OUTPUT, sites=sites,
+                            statistic_configs={"count": {}, "sum": {}, "mean": {}, "stddev": {}},
+                            stats_generator=AgeStatistics(str(workspace / "sites"), args.val_fold, args.central_fold),
+                            min_count=args.min_count)
+    job_dir = workspace / STATS_JOB
+    try:
+        recipe.run(SimEnv(clients=sites, num_threads=len(sites), workspace_root=str(workspace)))
+    except RuntimeError as error:
+        raise JobFailed(f"federated age statistics: {logged_failure(job_dir) or error}") from error
+    path = job_dir / "server" / "simulate_job" / STATS_OUTPUT
+    stats = json.loads(path.read_text()).get(FEATURE, {}) if path.is_file() else {}
+
+    def value(statistic: str, who: str):
+        return stats.get(statistic, {}).get(who, {}).get(DATASET)
+
+    # NVFlare's MinCountCleanser keeps a small site's count but drops its other statistics (checked
+    # before the logs: a second round with no site left fails with an unhelpful error)
+    refused = [f"{site} ({value('count', site)} training patients)" for site in sites
+               if value("count", site) is not None and value("mean", site) is None]
+    if refused:
+        raise JobFailed(f"federated age statistics: site(s) {', '.join(refused)} refused by the minimum count "
+                        f"(--min-count {args.min_count})")
+    failure = logged_failure(job_dir)
+    if failure:
+        raise JobFailed(f"federated age statistics: {failure}")
+    missing = [site for site in sites if value("count", site) is None]
+    if missing:
+        raise JobFailed(f"federated age statistics: no result from site(s) {', '.join(missing)} in {path}")
+    count, mean, std = (value(statistic, StC.GLOBAL) for statistic in ("count", "mean", "stddev"))
+    if None in (count, mean, std):
+        raise JobFailed(f"federated age statistics: no pooled count, mean and stddev of {FEATURE} in {path}")
+    # NVFlare pools the sample standard deviation; the bundles z-score with the population one (floored)
+    return {"count": int(count), "mean": mean, "std": max(std * math.sqrt((count - 1) / count), 1e-6)}
+
+
+def client_args(bundle: str, args: argparse.Namespace, site: str, folder: Path, overrides: dict) -> str:
+    overrides = dict(overrides)
     if bundle == "pcr_dualtask":
         overrides["teacher_features"] = str((args.teacher_features / site / "teacher_features.csv").resolve())
     text = (f"--bundle {bundle} --data {folder.resolve()} --local-epochs {args.local_epochs} "
@@ -105,8 +162,14 @@ def client_args(bundle: str, args: argparse.Namespace, site: str, folder: Path) 
     return text
 
 
-def build_recipe(bundle: str, args: argparse.Namespace, sites: dict[str, Path], central: Path, source: Path):
-    """NVFlare's FedAvgRecipe for ``bundle``: per-site clients, central evaluator, cross-site evaluation."""
+def job_name(bundle: str, args: argparse.Namespace) -> str:
+    return args.name or f"{bundle}_fedavg"
+
+
+def build_recipe(bundle: str, args: argparse.Namespace, sites: dict[str, Path], central: Path, source: Path,
+                 age: dict):
+    """NVFlare's FedAvgRecipe for ``bundle``: per-site clients, central evaluator, cross-site evaluation;
+    every copy of the bundle (clients', server's model and evaluator) z-scores age with ``age``."""
     from nvflare.apis.dxo import DataKind
     from nvflare.app_common.filters.percentile_privacy import PercentilePrivacy
     from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
@@ -116,10 +179,11 @@ def build_recipe(bundle: str, args: argparse.Namespace, sites: dict[str, Path], 
     from fl_jobs.server import CentralEvaluator
 
     files = relative_config_files(("train",), args.profile)
+    overrides = bundle_overrides(args, age)
     recipe = FedAvgRecipe(
-        name=args.name or f"{bundle}_fedavg",
+        name=job_name(bundle, args),
         model={"path": "fl_jobs.bundle.network",
-               "args": {"bundle": bundle, "config_files": files, "overrides": bundle_overrides(args)}},
+               "args": {"bundle": bundle, "config_files": files, "overrides": overrides}},
         min_clients=args.min_clients,
         num_rounds=args.rounds,
         train_script=str(CLIENT),
@@ -128,13 +192,15 @@ def build_recipe(bundle: str, args: argparse.Namespace, sites: dict[str, Path], 
         key_metric="val_loss",
         key_metric_mode="min",
     )
-    set_per_site_config(recipe, {site: {"train_args": client_args(bundle, args, site, folder)}
+    set_per_site_config(recipe, {site: {"train_args": client_args(bundle, args, site, folder, overrides)}
                                  for site, folder in sites.items()})
     # every client app (and the server's) gets its own copy: custom/<bundle>/
     recipe.add_client_file(str(source))
     recipe.add_server_file(str(source))
+    # the global weights arrive without a checkpoint: the evaluator is given the training's architecture
+    settings = checkpoint_settings(BUNDLES / bundle, files, overrides)
     evaluator = CentralEvaluator(bundle, files + ["configs/evaluate.json"], str(central.resolve()),
-                                 method=f"fl_{bundle}", overrides=bundle_overrides(args))
+                                 method=f"fl_{bundle}", overrides={**overrides, "model_settings": settings})
     recipe._job.to_server(evaluator, id="central_evaluator")  # the recipe API has no public hook for components
     if args.privacy == "percentile":
         recipe.add_client_output_filter(PercentilePrivacy(percentile=args.percentile, gamma=args.gamma,
@@ -179,35 +245,36 @@ def check_workspace(job_dir: Path, sites: list[str]) -> dict:
 
 
 def run(bundle: str, args: argparse.Namespace, customize=None) -> dict:
-    """Split, build, run and check the job; the summary written to ``WS/summary.json``.
+    """Split, pool the age statistics, build, run and check the job; the summary written to
+    ``WS/summary.json`` (when exporting, the job folder carries the pooled statistics).
 
     ``customize(recipe)``, when given, adds to the recipe before it runs (filters, components)."""
+    from nvflare.recipe import SimEnv
+
     workspace = args.workspace.resolve()
     folders, central = split_sites(args.data, workspace / "sites", args.sites, args.central_fold, args.val_fold)
     check_args(bundle, args, list(folders))
-    source = copy_bundle(bundle, workspace / "bundle_source").parent
-    recipe = build_recipe(bundle, args, folders, central, source)
-    if customize is not None:
-        customize(recipe)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     config.update(bundle=bundle, sites=list(folders))
-    if args.export:
-        recipe.export(str(args.export))
-        command = f"nvflare simulator {args.export / recipe.name} -w WS -c {','.join(folders)} -t {len(folders)}"
-        log.info("job folder written to %s (run it with: %s)", args.export / recipe.name, command)
-        return {"status": "exported", "job_dir": str(args.export), "config": config}
-    from nvflare.recipe import SimEnv
-
     if not args.gpu:  # one torch thread per client, no oversubscription of the cores
         os.environ.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     os.environ["TQDM_DISABLE"] = "1"
-    env = SimEnv(clients=list(folders), num_threads=len(folders), gpu_config=args.gpu,
-                 workspace_root=str(workspace))
-    job_dir = workspace / recipe.name
+    job_dir = workspace / job_name(bundle, args)
     summary = {"status": "failed", "job_dir": str(job_dir), "config": config}
     start = time.monotonic()
     try:
-        recipe.run(env)
+        summary["age_statistics"] = age = age_statistics(args, list(folders), workspace)
+        source = copy_bundle(bundle, workspace / "bundle_source").parent
+        recipe = build_recipe(bundle, args, folders, central, source, age)
+        if customize is not None:
+            customize(recipe)
+        if args.export:
+            recipe.export(str(args.export))
+            command = f"nvflare simulator {args.export / recipe.name} -w WS -c {','.join(folders)} -t {len(folders)}"
+            log.info("job folder written to %s (run it with: %s)", args.export / recipe.name, command)
+            return {"status": "exported", "job_dir": str(args.export), "config": config, "age_statistics": age}
+        recipe.run(SimEnv(clients=list(folders), num_threads=len(folders), gpu_config=args.gpu,
+                          workspace_root=str(workspace)))
         summary.update(check_workspace(job_dir, list(folders)), status="ok")
     except JobFailed as error:
         summary["reason"] = str(error)

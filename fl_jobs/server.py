@@ -55,9 +55,7 @@ class CentralEvaluator(FLComponent):
                 bundle_root=root, config_train_filename=None, config_evaluate_filename=self.config_files,
                 eval_kwargs={**self.overrides, "bundle_root": root, "dataset_dir": self.data,
                              "output_dir": str(out / "work"), "ckpt_dir": str(out / "work"),
-                             "eval_folds": "$[@test_fold]",
-                             # buffers (age statistics) come with the global weights
-                             "network_def#age_stats": [0.0, 1.0]})
+                             "eval_folds": "$[@test_fold]"})  # overrides' age_stats: the pooled ones
             self._algo.initialize({ExtraItems.CLIENT_NAME: "server"})
         return self._algo
 

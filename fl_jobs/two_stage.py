@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -26,17 +27,20 @@ import pandas as pd
 
 from evaluation.cv import holdout
 from evaluation.metrics import auroc
-from evaluation.methods import METHODS, TEACHER
+from evaluation.methods import BUNDLES, METHODS, TEACHER
 from evaluation.report import build_report, write_report
-from evaluation.runner import BundleRunError, Runner, Split, root_cause
-from fl_jobs.job import OptionError, add_common_options
+from evaluation.runner import (BundleRunError, Runner, SettingsConflict, Split, checkpoint_settings,
+                               relative_config_files, root_cause)
+from evaluation.progress import minutes, watch
+from fl_jobs.job import OptionError, add_common_options, default_rounds
 from fl_jobs.sites import SiteDataError, baseline_cohorts, split_sites
 from preprocessing.atomic import atomic_write_json
 
 FL_JOBS = Path(__file__).resolve().parent
 SHARED = ("data", "sites", "rounds", "local_epochs", "min_clients", "profile", "gpu", "threads", "central_fold",
-          "val_fold", "seed", "privacy", "percentile", "gamma", "exclude_vars")
+          "val_fold", "seed", "privacy", "percentile", "gamma", "exclude_vars", "min_count")
 log = logging.getLogger("fl_jobs.two_stage")
+ROUND_LINE = re.compile(r"Round (\d+) started")  # NVFlare's FedAvg controller, rounds counted from 0
 
 
 class StageFailed(RuntimeError):
@@ -61,11 +65,21 @@ def job_argv(args, workspace: Path) -> list[str]:
 
 
 def run_job(bundle: str, args, workspace: Path, log_path: Path, extra: list[str] = ()) -> dict:
-    """One federated job as its own process (each bundle's ``scripts`` package in its own interpreter)."""
+    """One federated job as its own process (each bundle's ``scripts`` package in its own
+    interpreter), its rounds reported as they start."""
+    rounds = args.rounds or default_rounds(bundle, args.profile, args.local_epochs)
+    started = time.perf_counter()
+
+    def on_round(match):
+        done_rounds, elapsed = int(match.group(1)), time.perf_counter() - started
+        left = f"; about {minutes(elapsed / done_rounds * (rounds - done_rounds))} left" if done_rounds else ""
+        log.info("federated %s: round %d of %d started%s", bundle, done_rounds + 1, rounds, left)
+
     with open(log_path, "w") as stream:
-        done = subprocess.run([sys.executable, str(FL_JOBS / bundle / "job.py")] + job_argv(args, workspace) + list(extra),
-                              stdout=stream, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
+        process = subprocess.Popen([sys.executable, str(FL_JOBS / bundle / "job.py")] + job_argv(args, workspace)
+                                   + list(extra), stdout=stream, stderr=subprocess.STDOUT)
+    status = watch(process, log_path, on_round, ROUND_LINE)
+    if status != 0:
         errors = [line for line in log_path.read_text().splitlines() if line.startswith("error:")]
         raise StageFailed(f"{bundle} federated job failed: {(errors or [root_cause(log_path.read_text())])[-1]} "
                           f"-- log: {log_path}")
@@ -85,7 +99,10 @@ def export_features(args, sites: dict[str, Path], teacher: Path, out: Path) -> P
     """Each site's T2 representations of its own patients from the global teacher."""
     for site, folder in sites.items():
         runner = Runner(folder, out, args.profile, seed=args.seed)
+        # the global model file holds weights only: the architecture is the federated training's
+        settings = checkpoint_settings(BUNDLES / TEACHER, relative_config_files(("train",), args.profile), {})
         runner.run_bundle(TEACHER, ("train", "export"), out / site / "export.log", ckpt_dir=teacher,
+                          model_settings=settings,
                           output_dir=out / site / "eval", val_fold=args.val_fold, test_fold=args.central_fold,
                           teacher_features=out / site / "teacher_features.csv")
     return out
@@ -124,8 +141,10 @@ def run(args) -> dict:
     summary = {"status": "ok", "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "sites": list(sites), "federated": {"model": chosen, "auroc": central_test[chosen]["auroc"],
                                                   "wall_time_s": round(fl_seconds, 1)},
-               "teacher": {"central_test": teacher["central_test"], "cross_site": teacher["cross_site"]},
-               "dualtask": {"central_test": central_test, "cross_site": dualtask["cross_site"]}}
+               "teacher": {"central_test": teacher["central_test"], "cross_site": teacher["cross_site"],
+                           "age_statistics": teacher["age_statistics"]},
+               "dualtask": {"central_test": central_test, "cross_site": dualtask["cross_site"],
+                            "age_statistics": dualtask["age_statistics"]}}
     predictions = {"federated": federated}
     if not args.no_baselines:
         epochs = int(dualtask["config"]["rounds"]) * args.local_epochs
@@ -152,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         summary = run(args)
-    except (SiteDataError, OptionError, StageFailed, BundleRunError) as error:
+    except (SiteDataError, OptionError, StageFailed, BundleRunError, SettingsConflict) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2 if isinstance(error, (SiteDataError, OptionError)) else 1
+        return 2 if isinstance(error, (SiteDataError, OptionError, SettingsConflict)) else 1
     print(summary["console"])
     lines = [f"federated ({summary['federated']['model']} global model): central-test AUROC "
              f"{summary['federated']['auroc']:.3f}, {summary['federated']['wall_time_s']:.0f} s"]

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from bundle_utils import BUNDLES, SHARED_SCRIPTS, bundle_scripts, merged_config
+from monai.bundle import ConfigParser
 
 RECORD = {
     **{f"agent_{a}": 0 for a in ("abt888", "amg386", "carboplatin", "ganetespib", "ganitumab", "mk2206",
@@ -242,3 +243,44 @@ def test_checkpoint_settings_are_read_back_and_foreign_checkpoints_refused(tmp_p
             s.checkpoint.saved_settings(str(tmp_path / "other.pt"))
         with pytest.raises(FileNotFoundError, match="missing.pt: checkpoint not found"):
             s.checkpoint.saved_settings(str(tmp_path / "missing.pt"))
+
+
+def test_area_resampling_keeps_the_tumour_volume(tmp_path):
+    import nibabel as nib
+
+    volume = np.zeros((16, 16, 16, 4), np.float32)
+    volume[3:8, 4:9, 5:11, 2] = 1.0  # 150 voxels of 2 mm: an odd-sized tumour, not aligned with the 2x grid
+    volume[..., 0] = 150.0
+    nib.save(nib.Nifti1Image(volume, np.diag([-2.0, -2.0, 2.0, 1.0])), tmp_path / "T0.nii.gz")
+    with bundle_scripts("pcr_teacher") as s:
+        from monai.transforms import Compose
+
+        image = Compose(s.data.visit_transforms(["T0"], 3, [8, 8, 8]))({"T0": str(tmp_path / "T0.nii.gz")})["image"]
+    assert tuple(image.shape) == (3, 8, 8, 8)
+    assert float(image[2].sum()) * 8 == pytest.approx(150.0)  # 4 mm voxels hold 8 of the 2 mm ones
+    assert float(image[2].max()) <= 1.0 and float(image[0].mean()) == pytest.approx(1.5)  # PE / 100
+
+
+@pytest.mark.parametrize("bundle,configs", [("pcr_teacher", ("train", "profile_cpu", "evaluate")),
+                                            ("pcr_dualtask", ("train", "profile_cpu", "evaluate")),
+                                            ("pcr_dualtask", ("train", "evaluate", "profile_cpu")),
+                                            ("pcr_teacher", ("inference", "profile_cpu")),
+                                            ("pcr_dualtask", ("inference", "profile_cpu"))])
+def test_evaluation_and_inference_take_input_size_and_widths_from_the_checkpoint(bundle, configs, tmp_path,
+                                                                                 fake_prepared):
+    """A checkpoint trained at 8^3 with widths x0.0625 is read at 8^3 and built at those widths,
+    whatever the profile given after it says (16^3, x0.125)."""
+    visits = ["T0", "T1", "T2"] if bundle == "pcr_teacher" else ["T0", "T1"]
+    with bundle_scripts(bundle) as s:
+        settings = s.checkpoint.ModelSettings(widen_factor=0.0625, channels=3, spatial_size=[8, 8, 8], visits=visits,
+                                              lstm_layers=2, rnn_layers=2, use_clinical=True, use_subtype=True)
+        torch.save({"model": {}, "settings": settings.state_dict()}, tmp_path / "model.pt")
+        parser = merged_config(bundle, *configs[1:]) if configs[0] == "train" else ConfigParser()
+        if configs[0] != "train":
+            parser.read_config([str(BUNDLES / bundle / "configs" / f"{n}.json") for n in configs])
+        parser.update({"bundle_root": str(BUNDLES / bundle), "ckpt_dir": str(tmp_path),
+                       "dataset_dir": str(fake_prepared)})
+        preprocessing = parser.get_parsed_content("validate#preprocessing" if configs[0] == "train" else "preprocessing")
+        entry = s.data.select(s.data.load_datalist(str(fake_prepared)), visits, [0])[0]
+        assert tuple(preprocessing(entry)["image"].shape) == (3 * len(visits), 8, 8, 8)
+        assert parser.get_parsed_content("network_def").encoder.dim == 32  # 512 x 0.0625

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -16,12 +18,19 @@ from fl_jobs.sites import SiteDataError, baseline_cohorts, split_sites
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
-# the fake cohort has folds 0-2: fold 2 is the central test set, fold 1 each site's validation
-FOLDS = ["--central-fold", "2", "--val-fold", "1"]
+# the fake cohort has folds 0-2: fold 2 is the central test set, fold 1 each site's validation; a
+# site has 2 training patients, below NVFlare's default minimum count for statistics (10)
+COHORT = ["--central-fold", "2", "--val-fold", "1", "--min-count", "2"]
+AGE_BUFFERS = {"clinical.age_mean", "clinical.age_std"}
 
 
 def entries(folder: Path) -> list[dict]:
     return json.loads((folder / "datalist.json").read_text())["training"]
+
+
+def training_ages(sites: Path, names=("S01", "S02")) -> np.ndarray:
+    """Ages of the sites' training patients (fold 1 validates; fold 2 is in no site's datalist)."""
+    return np.array([e["clinical"]["age"] for name in names for e in entries(sites / name) if e["fold"] != 1], float)
 
 
 def edited_cohort(source: Path, dest: Path, edit) -> Path:
@@ -75,14 +84,14 @@ def test_job_exits_2_naming_the_missing_data_folder(tmp_path, capsys):
 
 def test_dualtask_job_needs_each_sites_teacher_features(fake_prepared, tmp_path, capsys):
     argv = ["--data", str(fake_prepared), "--workspace", str(tmp_path / "ws"), "--sites", "2",
-            "--teacher-features", str(tmp_path / "features")] + FOLDS
+            "--teacher-features", str(tmp_path / "features")] + COHORT
     assert main("pcr_dualtask", argv) == 2
     assert "site S01:" in capsys.readouterr().err
 
 
 def test_export_writes_a_job_folder_for_the_nvflare_simulator(fake_prepared, tmp_path):
     argv = ["--data", str(fake_prepared), "--workspace", str(tmp_path / "ws"), "--sites", "2", "--rounds", "1",
-            "--privacy", "percentile", "--exclude-vars", "clinical", "--export", str(tmp_path / "job")] + FOLDS
+            "--privacy", "percentile", "--exclude-vars", "clinical", "--export", str(tmp_path / "job")] + COHORT
     done = subprocess.run([sys.executable, str(ROOT / "fl_jobs" / "pcr_teacher" / "job.py")] + argv,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -98,6 +107,13 @@ def test_export_writes_a_job_folder_for_the_nvflare_simulator(fake_prepared, tmp
         assert f"sites/{site}" in text and not f"sites/{'S02' if site == 'S01' else 'S01'}" in text
     server = (job / "app_server" / "config" / "config_fed_server.json").read_text()
     assert "CentralEvaluator" in server and "sites/central" in server and "CrossSiteModelEval" in server
+    # the server's initial model, its evaluator and every client z-score age with the pooled statistics
+    ages = training_ages(tmp_path / "ws" / "sites")
+    configs = sorted(job.glob("app_*/config/config_fed_*.json"))
+    assert len(configs) == 3
+    for config in configs:  # the clients' value is inside an escaped argument
+        found = [json.loads(m) for m in re.findall(r'age_stats\\?"\s*:\s*(\[[^]]*\])', config.read_text())]
+        assert found and all(value == pytest.approx([ages.mean(), ages.std()], rel=1e-4) for value in found), config
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +124,7 @@ def one_round(fake_prepared, tmp_path_factory):
     workspace = tmp_path_factory.mktemp("fl")
     sent = workspace / "sent.jsonl"
     args = parser("pcr_teacher").parse_args(["--data", str(fake_prepared), "--workspace", str(workspace),
-                                             "--sites", "2", "--rounds", "1"] + FOLDS)
+                                             "--sites", "2", "--rounds", "1"] + COHORT)
 
     def record(recipe):
         recipe.add_client_output_filter(SentRecorder(str(sent)), tasks=["train", "submit_model", "validate"])
@@ -155,10 +171,42 @@ def test_clients_send_only_weights_differences_and_metrics(one_round):
     for record in records:
         if record["task"] == "validate":
             assert record["kind"] == "METRICS" and set(record["keys"]) == {"val_loss", "val_auc"}
+        elif record["task"] == "train":  # the age buffers are frozen: never exchanged in training
+            assert record["kind"] == "WEIGHT_DIFF" and record["types"] == ["ndarray"]
+            assert set(record["keys"]) == set(state) - AGE_BUFFERS
         else:
-            assert record["kind"] == ("WEIGHT_DIFF" if record["task"] == "train" else "WEIGHTS")
-            assert set(record["keys"]) == set(state) and record["types"] == ["ndarray"]
+            assert record["kind"] == "WEIGHTS" and set(record["keys"]) == set(state) and record["types"] == ["ndarray"]
         assert not any("FAKE" in json.dumps(v) for v in (record["keys"], record["meta"]))  # no patient id
+
+
+def test_global_model_z_scores_age_with_the_pooled_statistics_of_the_sites_training_patients(one_round):
+    summary, workspace, _ = one_round
+    ages = training_ages(workspace / "sites")
+    pooled = {"count": len(ages), "mean": ages.mean(), "std": ages.std()}  # the bundles' population std
+    assert summary["age_statistics"] == pytest.approx(pooled, rel=1e-4)
+    job_dir = Path(summary["job_dir"])
+    models = [Path(summary["global_model"])] + [
+        job_dir / site / "simulate_job" / f"app_{site}" / "custom" / "pcr_teacher" / "models" / "model.pt"
+        for site in ("S01", "S02")]
+    for model in models:  # the global model and each site's
+        checkpoint = torch.load(model, map_location="cpu", weights_only=True)
+        state = checkpoint.get("model", checkpoint)  # ignite saves a lone network's state dict unwrapped
+        assert [float(state[k]) for k in ("clinical.age_mean", "clinical.age_std")] == \
+            pytest.approx([pooled["mean"], pooled["std"]], rel=1e-4), model
+
+
+def test_min_count_guard_refuses_a_site_with_too_few_training_patients(fake_prepared, tmp_path, capsys):
+    # S01 trains on 3 patients (one of its validation patients moved to fold 0), S02 on 2
+    moved = next(e["id"] for e in entries(fake_prepared) if e["site"] == "S01" and e["fold"] == 1)
+    data = edited_cohort(fake_prepared, tmp_path / "data",
+                         lambda es: [dict(e, fold=0) if e["id"] == moved else e for e in es])
+    argv = ["--data", str(data), "--workspace", str(tmp_path / "ws"), "--sites", "2", "--rounds", "1"] + COHORT
+    assert main("pcr_teacher", argv + ["--min-count", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "site(s) S02 (2 training patients) refused by the minimum count (--min-count 3)" in err
+    summary = json.loads((tmp_path / "ws" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "S02" in summary["reason"] and "S01" not in summary["reason"]
+    assert not (tmp_path / "ws" / "pcr_teacher_fedavg").exists()  # training never started
 
 
 def test_a_failing_client_ends_the_job_with_its_reason(fake_prepared, tmp_path, capsys):
@@ -172,7 +220,7 @@ def test_a_failing_client_ends_the_job_with_its_reason(fake_prepared, tmp_path, 
 
     data = edited_cohort(fake_prepared, tmp_path / "data", break_site_two)
     argv = ["--data", str(data), "--workspace", str(tmp_path / "ws"), "--sites", "2", "--rounds", "1",
-            "--min-clients", "1"] + FOLDS
+            "--min-clients", "1"] + COHORT
     assert main("pcr_teacher", argv) == 1
     err = capsys.readouterr().err
     assert "federated job failed: S02: " in err and "ImageFileError" in err  # the site and its exception
@@ -185,7 +233,7 @@ def test_two_stage_pipeline_keeps_each_sites_targets_at_the_site(fake_prepared, 
 
     workspace = tmp_path / "ws"
     argv = ["--data", str(fake_prepared), "--workspace", str(workspace), "--sites", "2", "--rounds", "1",
-            "--no-baselines", "--resamples", "20"] + FOLDS
+            "--no-baselines", "--resamples", "20"] + COHORT
     assert two_stage(argv) == 0
     summary = json.loads((workspace / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["federated"]["model"] == "final"  # 1 round: no best model
