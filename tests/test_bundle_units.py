@@ -284,3 +284,20 @@ def test_evaluation_and_inference_take_input_size_and_widths_from_the_checkpoint
         entry = s.data.select(s.data.load_datalist(str(fake_prepared)), visits, [0])[0]
         assert tuple(preprocessing(entry)["image"].shape) == (3 * len(visits), 8, 8, 8)
         assert parser.get_parsed_content("network_def").encoder.dim == 32  # 512 x 0.0625
+
+
+def test_validation_loss_weighs_the_classes_as_the_sampler_trains_them():
+    """pos_weight = non-pCR / pCR of the training folds: a constant prediction scores the same
+    validation loss whatever the class mix, as it would on the balanced batches of training."""
+    with bundle_scripts("pcr_teacher") as s:
+        entries = [{"fold": 0, "label": y} for y in (1, 0, 0, 0)] + [{"fold": 1, "label": 1}]
+        weight = s.data.positive_class_weight(entries, [0])
+        assert weight.tolist() == [3.0]
+        loss = torch.nn.BCEWithLogitsLoss(pos_weight=weight)
+        logits, labels = torch.zeros(4, 1), torch.tensor([[1.0], [0.0], [0.0], [0.0]])
+        # one positive weighted x3 against three negatives: both classes count alike
+        assert float(loss(logits, labels)) == pytest.approx(6 * np.log(2) / 4)
+        with pytest.raises(ValueError, match="one class only"):
+            s.data.positive_class_weight(entries, [1])
+        parser = merged_config("pcr_teacher")
+        assert parser["validate#key_metric#val_loss#loss_fn#pos_weight#_target_"] == "scripts.data.positive_class_weight"

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from functools import partial
 
 import numpy as np
+import torch
 from monai.transforms import (
     ConcatItemsd,
     DeleteItemsd,
@@ -137,6 +138,16 @@ def age_statistics(items: list[dict]) -> tuple[float, float]:
     """Mean and standard deviation of age over ``items`` (the training patients)."""
     ages = np.array([item["clinical"][AGE_INDEX] for item in items], dtype=np.float64)
     return float(ages.mean()), float(max(ages.std(), 1e-6))
+
+
+def positive_class_weight(entries: list[dict], folds: Sequence[int], device=None):
+    """Weight of the pCR class in the validation BCE: non-pCR / pCR patients of the training
+    folds, so that validation weighs the classes as the class-balanced sampler trains them."""
+    labels = [e["label"] for e in entries if e.get("fold") in folds]
+    positives = sum(labels)
+    if not 0 < positives < len(labels):
+        raise ValueError(f"training folds {list(folds)} hold one class only")
+    return torch.tensor([(len(labels) - positives) / positives], device=device)
 
 
 def class_balanced_weights(items: list[dict]) -> list[float]:
