@@ -75,22 +75,24 @@ def config_files(bundle: str, configs: tuple[str, ...], profile: str) -> list[st
     return [str(BUNDLES / bundle / path) for path in relative_config_files(configs, profile)]
 
 
-def merged_settings(bundle: str, configs: tuple[str, ...], profile: str) -> dict:
-    """Top-level keys of a bundle's config files after the later files' overrides."""
+def merge_top_level(paths) -> dict:
+    """Top-level keys of config files, each file overriding the ones before it."""
     merged = {}
-    for path in config_files(bundle, configs, profile):
+    for path in paths:
         merged.update(json.loads(Path(path).read_text()))
     return merged
+
+
+def merged_settings(bundle: str, configs: tuple[str, ...], profile: str) -> dict:
+    """Top-level keys of a bundle's config files after the later files' overrides."""
+    return merge_top_level(config_files(bundle, configs, profile))
 
 
 def checkpoint_settings(root: Path, config_files: list[str], overrides: dict) -> dict:
     """The ``model_settings`` a training by ``config_files`` (relative to the bundle ``root``) with
     ``overrides`` saves in its checkpoint: what ``evaluate.json`` reads from a checkpoint, given
     directly where weights arrive without one (federated rounds)."""
-    merged = {}
-    for name in config_files:
-        merged.update(json.loads((Path(root) / name).read_text()))
-    merged.update(overrides)
+    merged = {**merge_top_level(Path(root) / name for name in config_files), **overrides}
     return {k: merged[k] for k in merged["model_settings"] if k != "_target_"}
 
 
