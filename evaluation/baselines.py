@@ -6,8 +6,8 @@
   prediction);
 - ``ftv_t2``: + the log change at T2 (the late-information classical reference).
 
-The encoding is the bundles' own (``scripts/data.py`` of ``pcr_teacher``), so a regression and a
-network see the same fields. Age and the FTV features are z-scored inside the pipeline, so the
+The encoding is the bundles' own (``scripts/data.py`` of ``pcr_teacher``, built from the fields the
+cohort's datalist records), so a regression and a network see the same fields. Age and the FTV features are z-scored inside the pipeline, so the
 scaling is fitted on the training folds only.
 """
 
@@ -32,7 +32,7 @@ FEATURE_SETS = {"clinical": (), "ftv": ("T0", "T1"), "ftv_t2": ("T0", "T1", "T2"
 
 
 @cache
-def bundle_encoding():
+def bundle_data():
     """The bundles' ``scripts/data.py`` (clinical encoding), loaded from its file."""
     spec = importlib.util.spec_from_file_location("pcr_bundle_data", BUNDLES / TEACHER / "scripts" / "data.py")
     module = importlib.util.module_from_spec(spec)
@@ -40,13 +40,13 @@ def bundle_encoding():
     return module
 
 
-def feature_table(entries: list[dict], features: str) -> pd.DataFrame:
+def feature_table(entries: list[dict], clinical_fields: list[dict], features: str) -> pd.DataFrame:
     """One row per datalist entry (index ``id``): encoded clinical vector, then the FTV features."""
-    encoding = bundle_encoding()
+    encoding = bundle_data().ClinicalEncoding(clinical_fields)
     visits = FEATURE_SETS[features]
     rows = []
     for entry in entries:
-        vector = encoding.encode_clinical(entry["id"], entry.get("clinical") or {})
+        vector = encoding.encode(entry["id"], entry.get("clinical") or {})
         row = {f"clinical_{i}": float(v) for i, v in enumerate(vector)}
         if visits:
             ftv = entry.get("ftv_ml") or {}
@@ -61,22 +61,23 @@ def feature_table(entries: list[dict], features: str) -> pd.DataFrame:
     return pd.DataFrame(rows, index=pd.Index([e["id"] for e in entries], name="id"))
 
 
-def pipeline(table: pd.DataFrame) -> Pipeline:
+def pipeline(table: pd.DataFrame, age_index: int) -> Pipeline:
     """Age and FTV features z-scored, the 0/1 codes as they are; then a logistic regression."""
-    scaled = [f"clinical_{bundle_encoding().AGE_INDEX}"] + [c for c in table if c.startswith("log_ftv")]
+    scaled = [f"clinical_{age_index}"] + [c for c in table if c.startswith("log_ftv")]
     encode = ColumnTransformer([("scaled", StandardScaler(), scaled)], remainder="passthrough")
     return Pipeline([("encode", encode), ("model", LogisticRegression(max_iter=1000))])
 
 
-def fit_predict(entries: list[dict], features: str, train_folds: list[int], folds: list[int]) -> pd.DataFrame:
+def fit_predict(entries: list[dict], clinical_fields: list[dict], features: str, train_folds: list[int],
+                folds: list[int]) -> pd.DataFrame:
     """``id, probability, label`` of the patients in ``folds`` from a regression fitted on ``train_folds``."""
-    table = feature_table(entries, features)
+    table = feature_table(entries, clinical_fields, features)
     fold = pd.Series([e["fold"] for e in entries], index=table.index)
     label = pd.Series([e["label"] for e in entries], index=table.index)
     train = fold.isin(train_folds)
     if label[train].nunique() < 2:
         raise ValueError(f"training folds {train_folds} hold one class only")
-    model = pipeline(table).fit(table[train], label[train])
+    model = pipeline(table, bundle_data().ClinicalEncoding(clinical_fields).age_index).fit(table[train], label[train])
     chosen = fold.isin(folds)
     return pd.DataFrame({"id": table.index[chosen], "probability": model.predict_proba(table[chosen])[:, 1],
                          "label": label[chosen].to_numpy()})

@@ -134,6 +134,11 @@ class Runner:
         return json.loads((self.data / "datalist.json").read_text())["training"]
 
     @cached_property
+    def clinical_fields(self) -> list[dict]:
+        """The clinical fields the cohort records (the bundles' encoding of it)."""
+        return baselines.bundle_data().cohort_fields(str(self.data))
+
+    @cached_property
     def fold_of(self) -> dict[str, int]:
         """Patient id -> fold."""
         return {e["id"]: e["fold"] for e in self.entries}
@@ -235,7 +240,7 @@ class Runner:
         """``id, probability, label`` of the patients in ``folds`` from the method's model on ``split``."""
         if method.features is not None:  # classical reference: fitted on the split's training folds
             train = sorted(set(self.fold_of.values()) - {split.val_fold, split.test_fold})
-            return baselines.fit_predict(self.entries, method.features, train, folds)
+            return baselines.fit_predict(self.entries, self.clinical_fields, method.features, train, folds)
         run_dir = self.train(method.bundle, method.train, split, method.teacher)
         out_dir = run_dir / "eval" / method.name
         overrides = dict(ckpt_dir=run_dir / "models", output_dir=out_dir, val_fold=split.val_fold,

@@ -23,7 +23,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="demo: 2-2.5 mm pixels, 4-5 mm slices; full: about 0.7 mm pixels, 2 mm slices")
 
     prep = sub.add_parser("prepare", help="raw DICOM cohort -> NIfTI kinetic maps + MONAI datalist")
-    prep.add_argument("--raw", type=Path, required=True, help="folder with clinical.csv and DICOM files")
+    prep.add_argument("--raw", type=Path, required=True, help="folder with the DICOM files (any layout)")
+    cohort = prep.add_mutually_exclusive_group()
+    cohort.add_argument("--preset", default=None, help="cohort schema preset: synthetic (default) or ispy2")
+    cohort.add_argument("--schema", type=Path, default=None, help="cohort schema YAML file (see README)")
+    prep.add_argument("--clinical", type=Path, default=None,
+                      help="clinical table, CSV or Excel (default: the schema's table under --raw)")
     prep.add_argument("--out", type=Path, required=True, help="prepared cohort folder")
     prep.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
     prep.add_argument("--size", type=int, default=32, help="output cube edge in voxels")
@@ -51,6 +56,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     from .parallel import default_workers
     from .prepare import Options, PrepareError, prepare
+    from .schema import SchemaError, load_schema, preset
     from .summary import format_summary, summarize
     from .synth import synthesize
 
@@ -68,7 +74,8 @@ def main(argv=None) -> int:
                     raise PrepareError("--pseudonymize needs a secret salt in $PCR_PSEUDONYM_SALT")
             options = Options(size=args.size, spacing=args.spacing,
                               required_visits=tuple(v.strip() for v in args.visits.split(",") if v.strip()))
-            prepare(args.raw, args.out, options, workers, args.seed, salt, args.patient_tag)
+            schema = load_schema(args.schema) if args.schema else preset(args.preset or "synthetic")
+            prepare(args.raw, args.out, options, workers, args.seed, salt, args.patient_tag, schema, args.clinical)
             print(format_summary(summarize(args.out)))
         elif args.command == "summary":
             print(format_summary(summarize(args.prepared)))
@@ -76,7 +83,7 @@ def main(argv=None) -> int:
             from .bench import run_benchmark
 
             run_benchmark(args.raw, args.workdir, args.workers, args.patients)
-    except PrepareError as err:
+    except (PrepareError, SchemaError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,9 +1,9 @@
-"""Read and validate ``clinical.csv`` (I-SPY2 style, Table 1 of Jing & Wang).
+"""Read and validate the clinical table (CSV or Excel) through a cohort schema.
 
-Values stay raw: encoding (one-hot, z-scores) happens inside the bundles, so its statistics come
-from training folds only. Rows with a missing or unknown value in a model field, duplicate ids or
-no label are excluded with a reason; columns not listed here never reach the outputs (a hospital
-table may hold names or record numbers).
+Values stay raw (levels by name, age in years): encoding (one-hot, z-scores) happens inside the
+bundles, so its statistics come from training folds only. Rows with a missing or unknown value
+in a required field, duplicate ids or no label are excluded with a reason; columns the schema
+does not name never reach the outputs (a hospital table may hold names or record numbers).
 """
 
 from __future__ import annotations
@@ -11,15 +11,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from .cohort import AGENTS, BINARY_FIELDS, CATEGORICAL_FIELDS, agent_column
-
-AGENT_COLUMNS = tuple(agent_column(a) for a in AGENTS)
-MODEL_FIELDS = AGENT_COLUMNS + ("age",) + tuple(CATEGORICAL_FIELDS) + ("HR", "HER2", "MammaPrint", "DRD", "immune")
-OPTIONAL_FIELDS = ("site", "arm", "ER", "PR", "Ki67")
-LABEL = "pCR"
+from .schema import Schema, binary, cell
 
 
 class ClinicalTableError(ValueError):
@@ -30,72 +24,65 @@ def pseudonym(study_id: str, salt: str) -> str:
     return "P" + hashlib.sha256(f"{salt}:{study_id}".encode()).hexdigest()[:12]
 
 
-def _problem(row: pd.Series) -> str | None:
-    """Reason a row cannot be used, or None."""
-    for field in MODEL_FIELDS + (LABEL,):
-        value = row[field]
-        if pd.isna(value) or (isinstance(value, str) and not value.strip()):
-            return f"clinical field '{field}' is missing"
-        if field in CATEGORICAL_FIELDS and value not in CATEGORICAL_FIELDS[field]:
-            return f"clinical field '{field}' has unknown value '{value}'"
-        if field in BINARY_FIELDS + AGENT_COLUMNS + (LABEL,) and str(value) not in ("0", "1", "0.0", "1.0"):
-            return f"clinical field '{field}' must be 0 or 1, got '{value}'"
-    try:
-        age = float(row["age"])
-    except ValueError:
-        return f"clinical field 'age' is not a number: '{row['age']}'"
-    if not 10 <= age <= 110:
-        return f"clinical field 'age' out of range: {age}"
-    if not any(int(float(row[c])) for c in AGENT_COLUMNS):
-        return "no therapeutic agent marked"
-    return None
-
-
-def _clean(value):
-    if pd.isna(value):
-        return None
-    if isinstance(value, (np.integer, np.floating)):
-        value = value.item()
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def read_clinical(path: Path) -> tuple[dict[str, dict], list[dict], list[str]]:
-    """Valid patients ``{id: {"label", "site", "clinical"}}``, exclusions and warnings."""
+def read_table(path: Path) -> pd.DataFrame:
+    """Every cell as text or None: ``.xlsx``/``.xls`` through openpyxl/xlrd, anything else as CSV."""
     path = Path(path)
     if not path.is_file():
         raise ClinicalTableError(f"clinical table not found: {path}")
     try:
-        table = pd.read_csv(path, dtype={"id": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ClinicalTableError(f"{path}: cannot be parsed as CSV ({err})".splitlines()[0]) from None
-    missing = [c for c in ("id", LABEL) + MODEL_FIELDS if c not in table.columns]
+        if path.suffix.lower() in (".xlsx", ".xlsm", ".xls"):
+            table = pd.read_excel(path, dtype=object)
+        else:
+            table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError) as err:
+        raise ClinicalTableError(f"{path}: cannot be read as a table ({type(err).__name__})") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    return table.map(cell).astype(object)
+
+
+def read_clinical(path: Path, schema: Schema) -> tuple[dict[str, dict], list[dict], list[str]]:
+    """Valid patients ``{id: {"label", "site", "clinical"}}``, exclusions and warnings.
+
+    Exclusion reasons name the row number and field, never a value of an unused column."""
+    table = read_table(path)
+    missing = [c for c in dict.fromkeys(schema.columns()) if c not in table.columns]
     if missing:
-        raise ClinicalTableError(f"{path}: missing column(s) {', '.join(missing)}")
+        raise ClinicalTableError(f"{path}: missing column(s) {', '.join(missing)} (schema {schema.name})")
+    used = set(schema.columns()) | set(schema.extra.values()) | {schema.site_column}
     warnings = []
-    ignored = [c for c in table.columns if c not in ("id", LABEL) + MODEL_FIELDS + OPTIONAL_FIELDS]
+    ignored = [c for c in table.columns if c not in used]
     if ignored:
-        warnings.append(f"clinical.csv columns not used (never copied to outputs): {', '.join(ignored)}")
-    table["id"] = table["id"].str.strip()
+        warnings.append(f"{Path(path).name}: {len(ignored)} column(s) not in schema {schema.name} are not used "
+                        "(never copied to outputs)")
+    ids = [schema.patient_id(v) for v in table[schema.id_column]]
+    counts = pd.Series([i for i in ids if i]).value_counts()
     exclusions, patients = [], {}
-    counts = table["id"].value_counts()
-    for number, row in table.iterrows():
-        pid = row["id"]
-        if pd.isna(pid) or not pid:
-            exclusions.append({"id": "-", "visit": "-", "reason": f"clinical.csv row {number + 2}: missing id"})
+    for number, (pid, row) in enumerate(zip(ids, table.to_dict("records"))):
+        if not pid:
+            exclusions.append({"id": "-", "visit": "-", "reason": f"clinical table row {number + 2}: missing id"})
             continue
         if counts[pid] > 1:
-            exclusions.append({"id": pid, "visit": "-", "reason": f"duplicate id in clinical.csv ({counts[pid]} rows)"})
+            exclusions.append({"id": pid, "visit": "-", "reason": f"duplicate id in clinical table ({counts[pid]} rows)"})
             continue
-        problem = _problem(row)
-        if problem:
-            exclusions.append({"id": pid, "visit": "-", "reason": problem})
+        try:
+            label = binary("label", row.get(schema.label_column), schema.label_column)
+            values = {f.name: f.parse(row) for f in schema.fields}
+        except ValueError as err:
+            exclusions.append({"id": pid, "visit": "-", "reason": str(err)})
             continue
-        fields = MODEL_FIELDS + tuple(c for c in OPTIONAL_FIELDS if c in table.columns and c != "site")
-        patients[pid] = {
-            "label": int(float(row[LABEL])),
-            "site": _clean(row["site"]) if "site" in table.columns else None,
-            "clinical": {f: _clean(row[f]) for f in fields},
-        }
+        values |= {name: _number_or_text(row.get(column)) for name, column in schema.extra.items()
+                   if column in table.columns}
+        site = cell(row.get(schema.site_column)) if schema.site_column else None
+        patients[pid] = {"label": label, "site": site, "clinical": values}
     return patients, exclusions, warnings
+
+
+def _number_or_text(value):
+    text = cell(value)
+    if text is None:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if number.is_integer() else number

@@ -43,11 +43,14 @@ from .kinetics import (
     largest_component_centroid,
 )
 from .parallel import parallel_map
+from .seg import analysis_mask_ftv
+from .schema import Schema, preset
 from .volume import GeometryError, ras_affine, read_phase, resample_around
 
 log = logging.getLogger("preprocessing")
 CHANNELS = ("pe_early", "pe_late", "ftv_mask", "ser")
 N_FOLDS = 5
+FTV_SOURCES = ("pe", "seg")
 
 
 class PrepareError(RuntimeError):
@@ -64,6 +67,11 @@ class Options:
     pe_threshold: float = PE_THRESHOLD
     background_fraction: float = BACKGROUND_FRACTION
     min_component_ml: float = MIN_COMPONENT_ML
+    ftv_source: str = "pe"  # "pe": the FTV rule on the kinetic maps; "seg": the study's Analysis Mask
+
+    def __post_init__(self):
+        if self.ftv_source not in FTV_SOURCES:
+            raise ValueError(f"ftv_source must be one of {', '.join(FTV_SOURCES)}")
 
 
 def _init_worker():
@@ -88,8 +96,12 @@ def process_visit(visit: Visit, out_stem: Path, options: Options, fallback_centr
     if not (geometry.same_as(g1) and geometry.same_as(g2)):
         raise GeometryError("geometry mismatch between phases")
     maps = kinetic_maps(s0, s1, s2, geometry.voxel_ml, options.background_fraction,
-                        options.pe_threshold, options.min_component_ml)
-    centroid = largest_component_centroid(maps.ftv_mask)
+                        options.pe_threshold, options.min_component_ml, geometry.direction, geometry.spacing)
+    ftv, ftv_ml, ftv_source = maps.ftv_mask, maps.ftv_ml, "pe"
+    if options.ftv_source == "seg":
+        from_seg = analysis_mask_ftv(getattr(visit, "segs", []), geometry)  # Visit.segs is being added
+        ftv, ftv_ml, ftv_source = (*from_seg, "seg") if from_seg else (ftv, ftv_ml, "pe (no Analysis Mask)")
+    centroid = largest_component_centroid(ftv)
     if centroid is not None:
         centre, centre_from = geometry.to_physical(centroid), "ftv"
     elif fallback_centre is not None:
@@ -97,13 +109,15 @@ def process_visit(visit: Visit, out_stem: Path, options: Options, fallback_centr
     else:
         centre, centre_from = geometry.to_physical((np.array(geometry.shape) - 1) / 2), "volume centre"
     channels = [resample_around(a, geometry, centre, options.size, options.spacing, nearest=(name == "ftv_mask"))
-                for name, a in zip(CHANNELS, (maps.pe_early, maps.pe_late, maps.ftv_mask, maps.ser))]
+                for name, a in zip(CHANNELS, (maps.pe_early, maps.pe_late, ftv, maps.ser))]
     image = nib.Nifti1Image(np.stack(channels, axis=-1).astype(np.float32),
                             ras_affine(centre, options.size, options.spacing))
     with atomic_path(out_stem.with_suffix(".nii.gz")) as tmp:
         nib.save(image, tmp)
     record = {
-        "ftv_ml": round(maps.ftv_ml, 3),
+        "ftv_ml": round(ftv_ml, 3),
+        "ftv_source": ftv_source,
+        "chest_wall_found": maps.chest_wall_found,
         "centre_mm": [round(float(c), 2) for c in centre],
         "centre_from": centre_from,
         "phase_selection": selection,
@@ -170,13 +184,22 @@ def assign_folds(ids: list[str], labels: list[int], sites: list[str], seed: int)
 
 
 def prepare(raw: Path, out: Path, options: Options = Options(), workers: int = 1, seed: int = 0,
-            pseudonymize_salt: str | None = None, patient_tag: str | None = None) -> dict:
-    """Prepare a cohort; returns the datalist. Raises ``PrepareError`` on fatal input problems."""
+            pseudonymize_salt: str | None = None, patient_tag: str | None = None,
+            schema: Schema | None = None, clinical: Path | None = None) -> dict:
+    """Prepare a cohort; returns the datalist. Raises ``PrepareError`` on fatal input problems.
+
+    ``schema`` (default: the ``synthetic`` preset) maps the clinical table onto the model fields
+    and says how DICOM studies are found; ``clinical`` is the table (default: the schema's
+    ``table`` under ``raw``)."""
     raw, out = Path(raw), Path(out)
     if not raw.is_dir():
         raise PrepareError(f"raw cohort folder not found: {raw}")
     try:
-        patients, exclusions, warnings = read_clinical(raw / "clinical.csv")
+        schema = schema or preset("synthetic")
+        if clinical is None and not schema.table:
+            raise PrepareError(f"schema {schema.name} names no default table: give the clinical table (--clinical)")
+        clinical = Path(clinical) if clinical is not None else raw / schema.table
+        patients, exclusions, warnings = read_clinical(clinical, schema)
     except ValueError as err:
         raise PrepareError(str(err)) from None
     for w in warnings:
@@ -249,6 +272,8 @@ def prepare(raw: Path, out: Path, options: Options = Options(), workers: int = 1
         "num_folds": N_FOLDS,
         "fold_seed": seed,
         "pseudonymized": bool(pseudonymize_salt),
+        "schema": schema.name,
+        "clinical_fields": schema.field_record(),
         "numTraining": len(entries),
         "training": entries,
     }

@@ -8,6 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from preprocessing.schema import preset
 from preprocessing.synth import synthesize
 
 TINY = {"patients": 6, "sites": 3, "seed": 7}
@@ -50,8 +51,6 @@ def write_fake_prepared(root: Path, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     races = ("American Indian or Alaska Native", "Asian", "Black or African American",
              "Native Hawaiian or Other Pacific Islander", "White")
-    agents = ("abt888", "amg386", "carboplatin", "ganetespib", "ganitumab", "mk2206", "neratinib",
-              "paclitaxel", "pembrolizumab", "pertuzumab", "tdm1", "trastuzumab")
     entries = []
     for n in range(FAKE_FOLDS * FAKE_PER_FOLD):
         pid, label = f"FAKE{n:03d}", n % 2
@@ -67,7 +66,7 @@ def write_fake_prepared(root: Path, seed: int = 0) -> Path:
             nib.save(nib.Nifti1Image(volume, np.diag([-2.0, -2.0, 2.0, 1.0])), root / rel)
             entry[visit] = rel
             entry["ftv_ml"][visit] = side**3 * 0.008  # 2 mm voxels
-        clinical = {f"agent_{a}": int(a == "paclitaxel" or (a == "pembrolizumab" and n % 3 == 0)) for a in agents}
+        clinical = {"agents": ["Paclitaxel"] + ["Pembrolizumab"] * (n % 3 == 0)}
         clinical.update(age=int(30 + 2 * n), race=races[n % 5],
                         ethnicity=("Hispanic or Latino", "Not Hispanic or Latino")[n % 2],
                         BluePrint=("Basal", "HER2", "Luminal")[n % 3], HR=n % 2, HER2=(n // 2) % 2,
@@ -76,7 +75,8 @@ def write_fake_prepared(root: Path, seed: int = 0) -> Path:
         entry["clinical"] = clinical
         entries.append(entry)
     datalist = {"channels": ["pe_early", "pe_late", "ftv_mask", "ser"], "visits": ["T0", "T1", "T2"],
-                "num_folds": FAKE_FOLDS, "numTraining": len(entries), "training": entries}
+                "num_folds": FAKE_FOLDS, "clinical_fields": preset("synthetic").field_record(),
+                "numTraining": len(entries), "training": entries}
     (root / "datalist.json").write_text(json.dumps(datalist, indent=1))
     return root
 

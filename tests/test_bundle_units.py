@@ -13,10 +13,11 @@ import torch
 from bundle_utils import BUNDLES, SHARED_SCRIPTS, bundle_scripts, merged_config
 from monai.bundle import ConfigParser
 
+from preprocessing.schema import preset
+
+FIELDS = preset("synthetic").field_record()  # Table 1 of Jing & Wang, as the synthetic cohort records it
 RECORD = {
-    **{f"agent_{a}": 0 for a in ("abt888", "amg386", "carboplatin", "ganetespib", "ganitumab", "mk2206",
-                                 "neratinib", "pembrolizumab", "pertuzumab", "tdm1")},
-    "agent_paclitaxel": 1, "agent_trastuzumab": 1, "age": 41, "race": "Asian", "ethnicity": "Hispanic or Latino",
+    "agents": ["Paclitaxel", "Trastuzumab"], "age": 41, "race": "Asian", "ethnicity": "Hispanic or Latino",
     "BluePrint": "HER2", "HR": 0, "HER2": 1, "MammaPrint": 1, "DRD": 0, "immune": 1,
 }
 
@@ -38,7 +39,9 @@ def test_bundle_scripts_import_no_project_package(bundle):
 
 def test_clinical_encoding_follows_table_1():
     with bundle_scripts("pcr_teacher") as s:
-        vector = s.data.encode_clinical("P1", RECORD)
+        encoding = s.data.ClinicalEncoding(FIELDS)
+        vector = encoding.encode("P1", RECORD)
+    assert (encoding.clinical_size, encoding.subtype_size, encoding.age_index) == (20, 8, 12)
     assert vector.shape == (28,) and vector.dtype == np.float32
     assert vector[:12].tolist() == [0] * 7 + [1, 0, 0, 0, 1]  # multi-hot: paclitaxel, trastuzumab
     assert vector[12] == 41  # raw age: z-scored inside the network
@@ -54,21 +57,21 @@ def test_clinical_encoding_follows_table_1():
 ])
 def test_clinical_encoding_rejects_bad_values(field, value, message):
     with bundle_scripts("pcr_teacher") as s, pytest.raises(ValueError, match=message):
-        s.data.encode_clinical("P1", {**RECORD, field: value})
+        s.data.ClinicalEncoding(FIELDS).encode("P1", {**RECORD, field: value})
 
 
 def test_age_is_z_scored_with_the_statistics_the_network_was_built_with():
     with bundle_scripts("pcr_teacher") as s:
-        items = [{"clinical": s.data.encode_clinical("P", {**RECORD, "age": a})} for a in (30, 40, 50)]
-        mean, std = s.data.age_statistics(items)
+        items = [{"clinical": s.data.ClinicalEncoding(FIELDS).encode("P", {**RECORD, "age": a})} for a in (30, 40, 50)]
+        mean, std = s.data.age_statistics(items, FIELDS)
         assert (mean, std) == pytest.approx((40.0, np.std([30, 40, 50])))
-        clinical_input = s.layers.ClinicalInput(age_stats=(mean, std))
+        clinical_input = s.layers.ClinicalInput(FIELDS, age_stats=(mean, std))
         batch = torch.as_tensor(np.stack([i["clinical"] for i in items]))
         ages = clinical_input(batch, 3, torch.device("cpu"))[0][:, 12]
         assert ages.tolist() == pytest.approx(((np.array([30, 40, 50]) - mean) / std).tolist(), abs=1e-6)
         # the statistics are buffers: saved with the model and restored into a default-built one
-        trained = s.networks.PCRTeacher(widen_factor=0.0625, age_stats=(mean, std))
-        restored = s.networks.PCRTeacher(widen_factor=0.0625)
+        trained = s.networks.PCRTeacher(FIELDS, widen_factor=0.0625, age_stats=(mean, std))
+        restored = s.networks.PCRTeacher(FIELDS, widen_factor=0.0625)
         restored.load_state_dict(trained.state_dict())
         assert float(restored.clinical.age_mean) == pytest.approx(mean)
         assert float(restored.clinical.age_std) == pytest.approx(std)
@@ -114,7 +117,7 @@ def _network(s, parser, cls):
     args = {k: parser[k] for k in ("channels", "widen_factor", "use_clinical", "use_subtype")}
     args["channels_per_visit"] = args.pop("channels")
     args["widen_factor"] = 0.0625
-    return cls(**args)
+    return cls(FIELDS, **args)
 
 
 @pytest.mark.parametrize("overrides", TEACHER_VARIANTS)
@@ -183,7 +186,7 @@ def _features(tmp_path, entries, s, **sidecar):
 def test_teacher_targets_attached_to_training_patients(tmp_path, fake_prepared):
     with bundle_scripts("pcr_dualtask") as s:
         entries = s.data.load_datalist(str(fake_prepared))
-        items = s.data.select(entries, ["T0", "T1"], [0])
+        items = s.data.select(entries, ["T0", "T1"], [0], FIELDS)
         path = _features(tmp_path, [e for e in entries if e["fold"] in (0, 1)], s)
         with pytest.raises(ValueError, match="different cohort"):
             s.dual_task.attach_teacher_targets(items, path, entries, 1, 2)
@@ -204,7 +207,7 @@ def test_teacher_that_saw_held_out_patients_is_refused(tmp_path, fake_prepared, 
         entries = s.data.load_datalist(str(fake_prepared))
         path = _features(tmp_path, entries, s, **sidecar)
         with pytest.raises(ValueError, match=message):
-            s.dual_task.attach_teacher_targets(s.data.select(entries, ["T0", "T1"], [0]), path, entries, 1, 2)
+            s.dual_task.attach_teacher_targets(s.data.select(entries, ["T0", "T1"], [0], FIELDS), path, entries, 1, 2)
 
 
 def test_missing_teacher_representation_names_the_patient(tmp_path, fake_prepared):
@@ -214,7 +217,7 @@ def test_missing_teacher_representation_names_the_patient(tmp_path, fake_prepare
         table = (tmp_path / "features.csv").read_text().splitlines()
         (tmp_path / "features.csv").write_text("\n".join(table[:2]) + "\n")  # keep only the first patient
         with pytest.raises(ValueError, match="patient FAKE001: no teacher representation"):
-            s.dual_task.attach_teacher_targets(s.data.select(entries, ["T0", "T1"], [0]), path, entries, 1, 2)
+            s.dual_task.attach_teacher_targets(s.data.select(entries, ["T0", "T1"], [0], FIELDS), path, entries, 1, 2)
 
 
 def test_select_reports_missing_visit_and_empty_folds(fake_prepared):
@@ -222,27 +225,43 @@ def test_select_reports_missing_visit_and_empty_folds(fake_prepared):
         entries = s.data.load_datalist(str(fake_prepared))
         broken = [dict(e, T1=None) if e["id"] == "FAKE003" else e for e in entries]
         with pytest.raises(ValueError, match="patient FAKE003: no image for visit"):
-            s.data.select(broken, ["T0", "T1"], [0])
+            s.data.select(broken, ["T0", "T1"], [0], FIELDS)
         with pytest.raises(ValueError, match=r"no patient in fold\(s\) \[7\]"):
-            s.data.select(entries, ["T0"], [7])
+            s.data.select(entries, ["T0"], [7], FIELDS)
         with pytest.raises(FileNotFoundError, match="datalist.json: not found"):
             s.data.load_datalist(str(fake_prepared / "images"))
 
 
-def test_checkpoint_settings_are_read_back_and_foreign_checkpoints_refused(tmp_path):
+def test_checkpoint_settings_are_read_back_and_foreign_checkpoints_refused(tmp_path, fake_prepared):
     with bundle_scripts("pcr_teacher") as s:
-        settings = s.checkpoint.ModelSettings(widen_factor=0.125, visits=["T0", "T1"]).state_dict()
+        settings = s.checkpoint.ModelSettings(widen_factor=0.125, visits=["T0", "T1"], clinical_fields=FIELDS).state_dict()
         torch.save({"model": {}, "settings": settings}, tmp_path / "ok.pt")
-        assert s.checkpoint.saved_settings(str(tmp_path / "ok.pt"))["widen_factor"] == 0.125
+        saved = s.checkpoint.saved_settings(str(tmp_path / "ok.pt"))
+        assert saved["widen_factor"] == 0.125
+        assert s.data.matching_fields(saved["clinical_fields"], str(fake_prepared)) == FIELDS
         torch.save({"w": torch.zeros(1)}, tmp_path / "bare.pt")
         with pytest.raises(ValueError, match="bare.pt: checkpoint has no saved settings"):
             s.checkpoint.saved_settings(str(tmp_path / "bare.pt"))
-        other = dict(settings, clinical_encoding={**settings["clinical_encoding"], "agents": ["agent_x"]})
-        torch.save({"model": {}, "settings": other}, tmp_path / "other.pt")
-        with pytest.raises(ValueError, match="other.pt: the model's clinical encoding differs from this bundle's"):
-            s.checkpoint.saved_settings(str(tmp_path / "other.pt"))
+        torch.save({"model": {}, "settings": dict(settings, clinical_fields=None)}, tmp_path / "old.pt")
+        with pytest.raises(ValueError, match="old.pt: checkpoint has no clinical encoding"):
+            s.checkpoint.saved_settings(str(tmp_path / "old.pt"))
         with pytest.raises(FileNotFoundError, match="missing.pt: checkpoint not found"):
             s.checkpoint.saved_settings(str(tmp_path / "missing.pt"))
+
+
+def test_a_model_is_refused_on_a_cohort_with_another_encoding(fake_prepared):
+    """A model trained on the synthetic fields (with DRD, immune, BluePrint) does not read a cohort
+    prepared with the ispy2 schema, whose vector lacks them, and the reverse."""
+    ispy2 = preset("ispy2").field_record()
+    with bundle_scripts("pcr_teacher") as s:
+        with pytest.raises(ValueError, match="clinical encoding does not match the cohort.*BluePrint, DRD, immune"):
+            s.data.matching_fields(ispy2, str(fake_prepared))
+        race = next(f for f in FIELDS if f["name"] == "race")
+        other_levels = [dict(f, levels=race["levels"] + ["unknown"]) if f is race else f for f in FIELDS]
+        with pytest.raises(ValueError, match="levels differ: race"):
+            s.data.matching_fields(other_levels, str(fake_prepared))
+        encoding = s.data.ClinicalEncoding(ispy2)
+        assert (encoding.clinical_size, encoding.subtype_size) == (12 + 1 + 7 + 3, 3)
 
 
 def test_area_resampling_keeps_the_tumour_volume(tmp_path):
@@ -273,7 +292,8 @@ def test_evaluation_and_inference_take_input_size_and_widths_from_the_checkpoint
     visits = ["T0", "T1", "T2"] if bundle == "pcr_teacher" else ["T0", "T1"]
     with bundle_scripts(bundle) as s:
         settings = s.checkpoint.ModelSettings(widen_factor=0.0625, channels=3, spatial_size=[8, 8, 8], visits=visits,
-                                              lstm_layers=2, rnn_layers=2, use_clinical=True, use_subtype=True)
+                                              lstm_layers=2, rnn_layers=2, use_clinical=True, use_subtype=True,
+                                              clinical_fields=FIELDS)
         torch.save({"model": {}, "settings": settings.state_dict()}, tmp_path / "model.pt")
         parser = merged_config(bundle, *configs[1:]) if configs[0] == "train" else ConfigParser()
         if configs[0] != "train":
@@ -281,7 +301,7 @@ def test_evaluation_and_inference_take_input_size_and_widths_from_the_checkpoint
         parser.update({"bundle_root": str(BUNDLES / bundle), "ckpt_dir": str(tmp_path),
                        "dataset_dir": str(fake_prepared)})
         preprocessing = parser.get_parsed_content("validate#preprocessing" if configs[0] == "train" else "preprocessing")
-        entry = s.data.select(s.data.load_datalist(str(fake_prepared)), visits, [0])[0]
+        entry = s.data.select(s.data.load_datalist(str(fake_prepared)), visits, [0], FIELDS)[0]
         assert tuple(preprocessing(entry)["image"].shape) == (3 * len(visits), 8, 8, 8)
         assert parser.get_parsed_content("network_def").encoder.dim == 32  # 512 x 0.0625
 

@@ -100,17 +100,18 @@ def test_baselines_in_the_same_folds_with_scaling_fitted_on_training_folds(cv_ru
         written = pd.read_csv(runner.out / f"predictions_{name}.csv", dtype={"id": str})
         assert sorted(written["id"]) == _fold_ids(fake_prepared, [0]) and written.probability.between(0, 1).all()
         assert set(results.validation[name].val_fold) == {1, 2}
-    entries = json.loads((fake_prepared / "datalist.json").read_text())["training"]
-    table = baselines.feature_table(entries, "ftv_t2")
+    datalist = json.loads((fake_prepared / "datalist.json").read_text())
+    entries, fields = datalist["training"], datalist["clinical_fields"]
+    table = baselines.feature_table(entries, fields, "ftv_t2")
     assert list(table.columns[-3:]) == ["log_ftv_T0", "log_ftv_change_T1", "log_ftv_change_T2"]
     first = entries[0]
     assert table.loc[first["id"], "log_ftv_change_T2"] == pytest.approx(
         np.log(first["ftv_ml"]["T2"] + 0.1) - np.log(first["ftv_ml"]["T0"] + 0.1))
     # changing a held-out patient changes nothing fitted on the training folds
     held_out = next(e for e in entries if e["fold"] == 0)
-    before = baselines.fit_predict(entries, "ftv", [2], [1])
+    before = baselines.fit_predict(entries, fields, "ftv", [2], [1])
     altered = [dict(e, ftv_ml={k: v * 50 for k, v in e["ftv_ml"].items()}) if e is held_out else e for e in entries]
-    assert baselines.fit_predict(altered, "ftv", [2], [1]).probability.tolist() == pytest.approx(
+    assert baselines.fit_predict(altered, fields, "ftv", [2], [1]).probability.tolist() == pytest.approx(
         before.probability.tolist())
 
 

@@ -1,8 +1,8 @@
 """Settings saved in every checkpoint beside the weights (identical in each pCR bundle).
 
 A checkpoint carries what defines its architecture and inputs (widths, layers, visits, channels,
-the clinical encoding), and evaluate / inference / export read them from it, so a model trained
-under any profile is used without hand-set flags.
+the clinical fields of the cohort it was trained on), and evaluate / inference / export read them
+from it, so a model trained under any profile is used without hand-set flags.
 """
 
 from __future__ import annotations
@@ -11,21 +11,13 @@ import os
 
 import torch
 
-from . import data
-
-
-def clinical_encoding() -> dict:
-    """The clinical vector this bundle builds (order and vocabularies of Table 1's fields)."""
-    return {"agents": list(data.AGENTS), "categories": {k: list(v) for k, v in data.CATEGORIES.items()},
-            "subtype_binary": list(data.SUBTYPE_BINARY), "age_index": data.AGE_INDEX}
-
 
 class ModelSettings:
     """The settings as an object ``CheckpointSaver`` can save (it stores ``state_dict()`` of each
     entry; a Mapping would be taken for a dict of further objects)."""
 
     def __init__(self, **settings):
-        self.settings = {**settings, "clinical_encoding": clinical_encoding()}
+        self.settings = dict(settings)
 
     def state_dict(self) -> dict:
         return dict(self.settings)
@@ -35,8 +27,7 @@ class ModelSettings:
 
 
 def saved_settings(path: str) -> dict:
-    """The settings saved in the checkpoint at ``path``; refuses a checkpoint without them or
-    whose clinical encoding differs from this bundle's."""
+    """The settings saved in the checkpoint at ``path``; refuses a checkpoint without them."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: checkpoint not found (train the bundle first, or set ckpt_dir)")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -44,7 +35,7 @@ def saved_settings(path: str) -> dict:
     if not settings:
         raise ValueError(f"{path}: checkpoint has no saved settings (widths, visits, channels); "
                          "it was written by another program or an older version of this bundle")
-    if settings.get("clinical_encoding") != clinical_encoding():
-        raise ValueError(f"{path}: the model's clinical encoding differs from this bundle's "
-                         f"(model: {settings.get('clinical_encoding')}, bundle: {clinical_encoding()})")
+    if not settings.get("clinical_fields"):
+        raise ValueError(f"{path}: checkpoint has no clinical encoding (clinical_fields); "
+                         "it was written by an older version of this bundle")
     return settings

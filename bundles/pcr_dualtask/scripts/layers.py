@@ -9,7 +9,7 @@ import torch
 from monai.networks.nets import resnet18
 from torch import nn
 
-from .data import AGE_INDEX, CLINICAL_SIZE, SUBTYPE_SIZE
+from .data import ClinicalEncoding
 
 
 class VisitEncoder(nn.Module):
@@ -37,20 +37,26 @@ class VisitEncoder(nn.Module):
 class ClinicalInput(nn.Module):
     """Selects the clinical and/or subtype part of the encoded vector and z-scores age.
 
+    ``clinical_fields`` is the cohort's record of its fields (``data.ClinicalEncoding``); it fixes
+    the vector's layout.
+
     The age mean and standard deviation are buffers: set from the training folds when the
     network is built for training, saved in every checkpoint, and restored at inference.
     Without a clinical tensor (shape checks, export) the selected parts are zeros.
     """
 
-    def __init__(self, use_clinical: bool = True, use_subtype: bool = True,
+    def __init__(self, clinical_fields: Sequence[dict], use_clinical: bool = True, use_subtype: bool = True,
                  age_stats: Sequence[float] = (0.0, 1.0)):
         super().__init__()
         self.use_clinical = use_clinical
         self.use_subtype = use_subtype
         self.register_buffer("age_mean", torch.tensor(float(age_stats[0])))
         self.register_buffer("age_std", torch.tensor(float(age_stats[1])))
-        self.age_index, self.clinical_size, self.subtype_size = AGE_INDEX, CLINICAL_SIZE, SUBTYPE_SIZE
-        self.sizes = [CLINICAL_SIZE] * int(use_clinical) + [SUBTYPE_SIZE] * int(use_subtype)
+        encoding = ClinicalEncoding(clinical_fields)
+        self.age_index, self.clinical_size, self.subtype_size = (encoding.age_index, encoding.clinical_size,
+                                                                 encoding.subtype_size)
+        self.width = self.clinical_size + self.subtype_size  # of the encoded vector
+        self.sizes = [self.clinical_size] * int(use_clinical) + [self.subtype_size] * int(use_subtype)
         self.out_features = sum(self.sizes)
 
     def forward(self, clinical: Optional[torch.Tensor], batch: int, device: torch.device) -> List[torch.Tensor]:

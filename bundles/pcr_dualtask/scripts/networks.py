@@ -19,15 +19,15 @@ class DualTaskNet(nn.Module):
     Output (B, 1 + dim): channel 0 the pCR logit, channels 1.. the predicted T2 representation.
     """
 
-    def __init__(self, channels_per_visit: int = 3, widen_factor: float = 1.0, rnn_layers: int = 2,
-                 lstm_layers: int = 2, use_clinical: bool = True, use_subtype: bool = True,
+    def __init__(self, clinical_fields: Sequence[dict], channels_per_visit: int = 3, widen_factor: float = 1.0,
+                 rnn_layers: int = 2, lstm_layers: int = 2, use_clinical: bool = True, use_subtype: bool = True,
                  age_stats: Sequence[float] = (0.0, 1.0)):
         super().__init__()
         self.encoder = VisitEncoder(channels_per_visit, widen_factor)
         dim = self.encoder.dim
         self.predictor = nn.RNN(dim, dim, num_layers=rnn_layers, nonlinearity="relu", batch_first=True)
         self.lstm = nn.LSTM(dim, dim, num_layers=lstm_layers, batch_first=True)
-        self.clinical = ClinicalInput(use_clinical, use_subtype, age_stats)
+        self.clinical = ClinicalInput(clinical_fields, use_clinical, use_subtype, age_stats)
         self.head = nn.Linear(dim + self.clinical.out_features, 1)
 
     def forward(self, image: torch.Tensor, clinical: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -3,8 +3,9 @@
 This file is identical in every pCR bundle (a bundle must run when copied alone); a test keeps
 the copies in step.
 
-The clinical vector follows Table 1 of Jing & Wang: 12 multi-hot agents, age, one-hot race and
-ethnicity (20 "clinical" values), then HR, HER2, MammaPrint, DNA-repair deficiency, immune
+The clinical vector is built from the fields the prepared cohort records (``ClinicalEncoding``);
+on this project's synthetic cohort it is Table 1 of Jing & Wang: 12 multi-hot agents, age, one-hot
+race and ethnicity (20 "clinical" values), then HR, HER2, MammaPrint, DNA-repair deficiency, immune
 activation coded positive 0 / negative 1 and one-hot BluePrint (8 "subtype" values). Age stays
 raw here; the network z-scores it with training-fold statistics kept in its state dict.
 """
@@ -31,66 +32,90 @@ from monai.transforms import (
     Resized,
 )
 
-AGENTS = (
-    "agent_abt888", "agent_amg386", "agent_carboplatin", "agent_ganetespib", "agent_ganitumab",
-    "agent_mk2206", "agent_neratinib", "agent_paclitaxel", "agent_pembrolizumab",
-    "agent_pertuzumab", "agent_tdm1", "agent_trastuzumab",
-)
-CATEGORIES = {
-    "race": (
-        "American Indian or Alaska Native", "Asian", "Black or African American",
-        "Native Hawaiian or Other Pacific Islander", "White",
-    ),
-    "ethnicity": ("Hispanic or Latino", "Not Hispanic or Latino"),
-    "BluePrint": ("Basal", "HER2", "Luminal"),
-}
-SUBTYPE_BINARY = ("HR", "HER2", "MammaPrint", "DRD", "immune")
-AGE_INDEX = len(AGENTS)
-CLINICAL_SIZE = len(AGENTS) + 1 + len(CATEGORIES["race"]) + len(CATEGORIES["ethnicity"])
-SUBTYPE_SIZE = len(SUBTYPE_BINARY) + len(CATEGORIES["BluePrint"])
 # Percent enhancement is divided by 100 (PE 70 % -> 0.7) so that the paper's noise sigma of 0.3
 # is on the scale of the signal; the FTV mask stays 0/1.
 CHANNEL_DIVISORS = (100.0, 100.0, 1.0, 1.0)
+WIDTH = {"number": 1, "binary": 1}  # category and multi_hot: one value per level
 
 
-def _field(patient: str, clinical: dict, name: str):
-    value = clinical.get(name)
-    if value is None:
-        raise ValueError(f"patient {patient}: clinical field '{name}' is missing")
-    return value
+class ClinicalEncoding:
+    """The clinical + subtype vector of a cohort, built from the fields its ``datalist.json``
+    records (``clinical_fields``: name, group, type, levels), clinical fields first.
+
+    Multi-hot and one-hot fields give one value per level, binary fields are coded positive 0 /
+    negative 1 (Table 1 of Jing & Wang), age stays raw (the network z-scores it). Fields the
+    cohort lacks are not in the vector; unknown values are errors naming the patient.
+    """
+
+    def __init__(self, fields: Sequence[dict]):
+        self.fields = [dict(f) for f in fields]
+        groups = [f.get("group") for f in self.fields]
+        if any(g not in ("clinical", "subtype") for g in groups) or groups != sorted(groups):
+            raise ValueError(f"clinical fields must be grouped clinical, then subtype: {groups}")
+        widths = [WIDTH.get(f["type"]) or len(f.get("levels") or ()) for f in self.fields]
+        if not all(widths):
+            raise ValueError(f"clinical fields without levels: {[f['name'] for f, w in zip(self.fields, widths) if not w]}")
+        names = [f["name"] for f in self.fields]
+        if "age" not in names or self.fields[names.index("age")]["type"] != "number":
+            raise ValueError("clinical fields need 'age' (number): the network z-scores it")
+        self.age_index = sum(widths[:names.index("age")])
+        self.clinical_size = sum(w for w, g in zip(widths, groups) if g == "clinical")
+        self.subtype_size = sum(widths) - self.clinical_size
+
+    def encode(self, patient: str, clinical: dict) -> np.ndarray:
+        vector = []
+        for f in self.fields:
+            name, value = f["name"], clinical.get(f["name"])
+            if value is None:
+                raise ValueError(f"patient {patient}: clinical field '{name}' is missing")
+            if f["type"] == "number":
+                vector.append(float(value))
+            elif f["type"] == "binary":
+                if value not in (0, 1):
+                    raise ValueError(f"patient {patient}: clinical field '{name}' must be 0 or 1, got {value!r}")
+                vector.append(1.0 - float(value))
+            else:
+                chosen = set(value) if f["type"] == "multi_hot" else {value}
+                unknown = chosen - set(f["levels"])
+                if unknown:
+                    raise ValueError(f"patient {patient}: clinical field '{name}' has unknown value "
+                                     f"{sorted(unknown)[0]!r}")
+                vector += [float(level in chosen) for level in f["levels"]]
+        return np.asarray(vector, dtype=np.float32)
 
 
-def _binary(patient: str, clinical: dict, name: str) -> int:
-    value = _field(patient, clinical, name)
-    if value not in (0, 1):
-        raise ValueError(f"patient {patient}: clinical field '{name}' must be 0 or 1, got {value!r}")
-    return int(value)
-
-
-def _one_hot(patient: str, clinical: dict, name: str) -> list[float]:
-    value = _field(patient, clinical, name)
-    if value not in CATEGORIES[name]:
-        raise ValueError(f"patient {patient}: clinical field '{name}' has unknown value {value!r}")
-    return [float(value == c) for c in CATEGORIES[name]]
-
-
-def encode_clinical(patient: str, clinical: dict) -> np.ndarray:
-    """The 28-value clinical + subtype vector of one patient (age raw)."""
-    vector = [float(_binary(patient, clinical, a)) for a in AGENTS]
-    vector.append(float(_field(patient, clinical, "age")))
-    vector += _one_hot(patient, clinical, "race") + _one_hot(patient, clinical, "ethnicity")
-    vector += [1.0 - _binary(patient, clinical, f) for f in SUBTYPE_BINARY]  # Table 1: positive 0
-    vector += _one_hot(patient, clinical, "BluePrint")
-    return np.asarray(vector, dtype=np.float32)
-
-
-def load_datalist(dataset_dir: str) -> list[dict]:
-    """Entries of ``dataset_dir/datalist.json`` with image paths made absolute."""
+def _datalist(dataset_dir: str) -> dict:
     path = os.path.join(dataset_dir, "datalist.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: not found (dataset_dir must be a prepared cohort)")
     with open(path) as f:
-        datalist = json.load(f)
+        return json.load(f)
+
+
+def cohort_fields(dataset_dir: str) -> list[dict]:
+    """The clinical fields the prepared cohort records (its encoding)."""
+    fields = _datalist(dataset_dir).get("clinical_fields")
+    if not fields:
+        raise ValueError(f"{os.path.join(dataset_dir, 'datalist.json')}: no clinical_fields; "
+                         "prepare the cohort again with this version of preprocessing")
+    return fields
+
+
+def matching_fields(model_fields: list[dict], dataset_dir: str) -> list[dict]:
+    """``model_fields`` when the cohort at ``dataset_dir`` records the same clinical fields."""
+    fields = cohort_fields(dataset_dir)
+    if fields != model_fields:
+        differ = sorted({f["name"] for f in fields} ^ {f["name"] for f in model_fields}) or sorted(
+            f["name"] for f in fields if f not in model_fields)
+        raise ValueError(f"the model's clinical encoding does not match the cohort in {dataset_dir} "
+                         f"(fields or levels differ: {', '.join(differ)}); prepare the cohort with the "
+                         "model's schema, or train a model on this cohort")
+    return model_fields
+
+
+def load_datalist(dataset_dir: str) -> list[dict]:
+    """Entries of ``dataset_dir/datalist.json`` with image paths made absolute."""
+    datalist = _datalist(dataset_dir)
     entries = []
     for entry in datalist["training"]:
         entry = dict(entry)
@@ -115,8 +140,11 @@ def fold_digest(entries: list[dict]) -> str:
     return hashlib.sha256("\n".join(pairs).encode()).hexdigest()[:16]
 
 
-def select(entries: list[dict], visits: Sequence[str], folds: Sequence[int] | None = None) -> list[dict]:
-    """Model items of the patients in ``folds`` (all when None): id, visit paths, clinical, label."""
+def select(entries: list[dict], visits: Sequence[str], folds: Sequence[int] | None,
+           clinical_fields: Sequence[dict]) -> list[dict]:
+    """Model items of the patients in ``folds`` (all when None): id, visit paths, clinical vector
+    (``ClinicalEncoding`` of ``clinical_fields``), label."""
+    encoding = ClinicalEncoding(clinical_fields)
     items = []
     for entry in entries:
         if folds is not None and entry.get("fold") not in folds:
@@ -124,7 +152,7 @@ def select(entries: list[dict], visits: Sequence[str], folds: Sequence[int] | No
         missing = [v for v in visits if not entry.get(v)]
         if missing:
             raise ValueError(f"patient {entry['id']}: no image for visit(s) {', '.join(missing)}")
-        item = {"id": entry["id"], "clinical": encode_clinical(entry["id"], entry.get("clinical") or {})}
+        item = {"id": entry["id"], "clinical": encoding.encode(entry["id"], entry.get("clinical") or {})}
         item.update({v: entry[v] for v in visits})
         if entry.get("label") is not None:
             item["label"] = np.asarray([entry["label"]], dtype=np.float32)
@@ -134,9 +162,10 @@ def select(entries: list[dict], visits: Sequence[str], folds: Sequence[int] | No
     return items
 
 
-def age_statistics(items: list[dict]) -> tuple[float, float]:
+def age_statistics(items: list[dict], clinical_fields: Sequence[dict]) -> tuple[float, float]:
     """Mean and standard deviation of age over ``items`` (the training patients)."""
-    ages = np.array([item["clinical"][AGE_INDEX] for item in items], dtype=np.float64)
+    index = ClinicalEncoding(clinical_fields).age_index
+    ages = np.array([item["clinical"][index] for item in items], dtype=np.float64)
     return float(ages.mean()), float(max(ages.std(), 1e-6))
 
 

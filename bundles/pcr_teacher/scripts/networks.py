@@ -20,14 +20,14 @@ class PCRTeacher(nn.Module):
     to predict.
     """
 
-    def __init__(self, channels_per_visit: int = 3, widen_factor: float = 1.0, lstm_layers: int = 2,
-                 dropout: float = 0.5, use_clinical: bool = True, use_subtype: bool = True,
+    def __init__(self, clinical_fields: Sequence[dict], channels_per_visit: int = 3, widen_factor: float = 1.0,
+                 lstm_layers: int = 2, dropout: float = 0.5, use_clinical: bool = True, use_subtype: bool = True,
                  age_stats: Sequence[float] = (0.0, 1.0)):
         super().__init__()
         self.encoder = VisitEncoder(channels_per_visit, widen_factor)
         dim = self.encoder.dim
         self.lstm = nn.LSTM(dim, dim, num_layers=lstm_layers, batch_first=True)
-        self.clinical = ClinicalInput(use_clinical, use_subtype, age_stats)
+        self.clinical = ClinicalInput(clinical_fields, use_clinical, use_subtype, age_stats)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(dim + self.clinical.out_features, 1)
 
