@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -16,11 +15,15 @@ def _parser() -> argparse.ArgumentParser:
     synth = sub.add_parser("synth", help="write a synthetic I-SPY2-like raw cohort (DICOM + clinical.csv)")
     synth.add_argument("--out", type=Path, required=True, help="raw cohort folder to create")
     synth.add_argument("--patients", type=int, default=240)
-    synth.add_argument("--sites", type=int, default=3)
+    synth.add_argument("--sites", type=int, default=None,
+                       help="sites (default: 3 for the native layout, 5 for ispy2: one per site protocol)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
     synth.add_argument("--resolution", choices=("demo", "full"), default="demo",
                        help="demo: 2-2.5 mm pixels, 4-5 mm slices; full: about 0.7 mm pixels, 2 mm slices")
+    synth.add_argument("--layout", choices=("native", "ispy2"), default="native",
+                       help="native: this project's raw form (clinical.csv, trial tags); ispy2: as TCIA publishes "
+                            "I-SPY2 (ISPY2/<PatientID>/<study>/<series>/, ISPY2_clinical.xlsx, SEG, PE2/SER)")
 
     prep = sub.add_parser("prepare", help="raw DICOM cohort -> NIfTI kinetic maps + MONAI datalist")
     prep.add_argument("--raw", type=Path, required=True, help="folder with the DICOM files (any layout)")
@@ -37,8 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
     prep.add_argument("--patient-tag", default=None,
                       help="DICOM keyword of the patient key (default: ClinicalTrialSubjectID, else PatientID)")
-    prep.add_argument("--pseudonymize", action="store_true",
-                      help="replace study ids by salted hashes (salt from $PCR_PSEUDONYM_SALT)")
+    prep.add_argument("--ftv-source", choices=("pe", "seg"), default="pe",
+                      help="FTV mask from the PE rule (pe) or from the study's Analysis Mask DICOM SEG "
+                           "where present (seg; TCIA I-SPY2), else the PE rule")
+    prep.add_argument("--pseudonymize", choices=("auto", "yes", "no"), default="auto",
+                      help="replace study ids by salted hashes; auto: when the patient key is PatientID "
+                           "(salt: $PCR_PSEUDONYM_SALT, else a key file written beside --out)")
 
     summary = sub.add_parser("summary", help="print the summary of a prepared cohort")
     summary.add_argument("prepared", type=Path)
@@ -63,19 +70,24 @@ def main(argv=None) -> int:
     workers = getattr(args, "workers", None) or default_workers()
     try:
         if args.command == "synth":
-            info = synthesize(args.out, args.patients, args.sites, args.seed, workers, args.resolution)
+            if args.layout == "ispy2":
+                from .synth_ispy2 import PROTOCOLS
+                from .synth_ispy2 import synthesize as synthesize_ispy2
+
+                info = synthesize_ispy2(args.out, args.patients, args.sites or len(PROTOCOLS), args.seed, workers,
+                                        args.resolution)
+            else:
+                info = synthesize(args.out, args.patients, args.sites or 3, args.seed, workers, args.resolution)
             print(f"wrote {info['files']} DICOM files for {info['patients']} patients at {info['sites']} sites "
                   f"(pCR rate {info['pCR rate']:.1%}) to {args.out}")
         elif args.command == "prepare":
-            salt = None
-            if args.pseudonymize:
-                salt = os.environ.get("PCR_PSEUDONYM_SALT")
-                if not salt:
-                    raise PrepareError("--pseudonymize needs a secret salt in $PCR_PSEUDONYM_SALT")
             options = Options(size=args.size, spacing=args.spacing,
-                              required_visits=tuple(v.strip() for v in args.visits.split(",") if v.strip()))
+                              required_visits=tuple(v.strip() for v in args.visits.split(",") if v.strip()),
+                              ftv_source=args.ftv_source)
             schema = load_schema(args.schema) if args.schema else preset(args.preset or "synthetic")
-            prepare(args.raw, args.out, options, workers, args.seed, salt, args.patient_tag, schema, args.clinical)
+            prepare(args.raw, args.out, options, workers, args.seed, schema=schema, clinical=args.clinical,
+                    pseudonymize={"auto": None, "yes": True, "no": False}[args.pseudonymize],
+                    patient_tag=args.patient_tag)
             print(format_summary(summarize(args.out)))
         elif args.command == "summary":
             print(format_summary(summarize(args.prepared)))

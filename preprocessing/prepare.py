@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import secrets
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from .clinical import pseudonym, read_clinical
 from .dicom_index import (
     EARLY_S,
     LATE_S,
+    DicomRules,
+    PhaseError,
     Visit,
     group_visits,
     scan_headers,
@@ -43,14 +46,13 @@ from .kinetics import (
     largest_component_centroid,
 )
 from .parallel import parallel_map
-from .seg import analysis_mask_ftv
 from .schema import Schema, preset
+from .seg import FTV_SOURCES, AnalysisMaskError, analysis_mask_ftv
 from .volume import GeometryError, ras_affine, read_phase, resample_around
 
 log = logging.getLogger("preprocessing")
 CHANNELS = ("pe_early", "pe_late", "ftv_mask", "ser")
 N_FOLDS = 5
-FTV_SOURCES = ("pe", "seg")
 
 
 class PrepareError(RuntimeError):
@@ -99,7 +101,7 @@ def process_visit(visit: Visit, out_stem: Path, options: Options, fallback_centr
                         options.pe_threshold, options.min_component_ml, geometry.direction, geometry.spacing)
     ftv, ftv_ml, ftv_source = maps.ftv_mask, maps.ftv_ml, "pe"
     if options.ftv_source == "seg":
-        from_seg = analysis_mask_ftv(getattr(visit, "segs", []), geometry)  # Visit.segs is being added
+        from_seg = analysis_mask_ftv(getattr(visit, "segs", []), geometry)  # the study's DICOM SEG files
         ftv, ftv_ml, ftv_source = (*from_seg, "seg") if from_seg else (ftv, ftv_ml, "pe (no Analysis Mask)")
     centroid = largest_component_centroid(ftv)
     if centroid is not None:
@@ -138,8 +140,11 @@ def process_patient(job: dict) -> dict:
         except GeometryError as err:
             reasons[name] = f"geometry: {err}"
             continue
-        except Exception as err:  # one bad study must not stop the cohort
-            reasons[name] = f"unreadable or incomplete study: {type(err).__name__}: {err}".splitlines()[0][:300]
+        except (PhaseError, AnalysisMaskError) as err:  # this project's own one-line messages
+            reasons[name] = str(err)
+            continue
+        except Exception as err:  # one bad study must not stop the cohort; its text may hold paths or tags
+            reasons[name] = f"unreadable or incomplete study ({type(err).__name__})"
             continue
         results[name] = record
         if centre is None and record["centre_from"] == "ftv":
@@ -151,13 +156,16 @@ def _scan_chunk(args):
     return scan_headers(*args)
 
 
-def discover(raw: Path, workers: int, patient_tag: str | None):
-    """Headers of every DICOM image under ``raw/dicom`` (or ``raw``), and the files skipped."""
+def discover(raw: Path, workers: int, rules: DicomRules, clinical: Path | None = None):
+    """Headers of every DICOM object under ``raw/dicom`` (or ``raw``), and the files skipped
+    (the clinical table and ``truth.csv`` are not scanned)."""
     root = raw / "dicom" if (raw / "dicom").is_dir() else raw
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.name not in ("clinical.csv", "truth.csv"))
+    tables = {Path(clinical).resolve()} if clinical else set()
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.name not in ("clinical.csv", "truth.csv")
+                   and p.resolve() not in tables)
     if not paths:
         raise PrepareError(f"no files under {root}")
-    chunks = [(paths[i:i + 500], patient_tag) for i in range(0, len(paths), 500)]
+    chunks = [(paths[i:i + 500], rules) for i in range(0, len(paths), 500)]
     headers, skipped = [], []
     for h, s in parallel_map(_scan_chunk, chunks, workers, "scan", "chunk", _init_worker):
         headers += h
@@ -183,14 +191,42 @@ def assign_folds(ids: list[str], labels: list[int], sites: list[str], seed: int)
     return folds
 
 
-def prepare(raw: Path, out: Path, options: Options = Options(), workers: int = 1, seed: int = 0,
-            pseudonymize_salt: str | None = None, patient_tag: str | None = None,
-            schema: Schema | None = None, clinical: Path | None = None) -> dict:
+def dicom_rules(schema: Schema, patient_tag: str | None = None) -> DicomRules:
+    """The schema's ``dicom`` section as discovery rules; ``patient_tag`` overrides its tag."""
+    spec = dict(schema.dicom)
+    unknown = set(spec) - set(DicomRules.__dataclass_fields__)
+    if unknown:
+        raise PrepareError(f"schema {schema.name}: unknown dicom key(s) {', '.join(sorted(unknown))}")
+    for key in ("series_include", "series_exclude"):
+        spec[key] = tuple(spec.get(key) or ())
+    return DicomRules(**{**spec, **({"patient_tag": patient_tag} if patient_tag else {})})
+
+
+def pseudonym_salt(out: Path) -> str:
+    """``$PCR_PSEUDONYM_SALT``, else a random key kept in ``<out>.pseudonym-key`` beside (never
+    inside) the prepared folder, created once so that reruns give the same pseudonyms."""
+    if os.environ.get("PCR_PSEUDONYM_SALT"):
+        return os.environ["PCR_PSEUDONYM_SALT"]
+    key = out.parent / f"{out.name}.pseudonym-key"
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(key) as tmp:
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+        log.warning("pseudonym key written to %s: keep it at the site, it links pseudonyms to study ids", key)
+    return key.read_text().strip()
+
+
+def prepare(raw: Path, out: Path, options: Options = Options(), workers: int = 1, seed: int = 0, *,
+            schema: Schema | None = None, clinical: Path | None = None, pseudonymize: bool | None = None,
+            salt: str | None = None, patient_tag: str | None = None) -> dict:
     """Prepare a cohort; returns the datalist. Raises ``PrepareError`` on fatal input problems.
 
     ``schema`` (default: the ``synthetic`` preset) maps the clinical table onto the model fields
     and says how DICOM studies are found; ``clinical`` is the table (default: the schema's
-    ``table`` under ``raw``)."""
+    ``table`` under ``raw``). Ids are pseudonymised (``P`` + salted SHA-256) when
+    ``pseudonymize`` is true, or when it is None and a patient key comes from PatientID (a record
+    number); ``salt`` defaults to ``pseudonym_salt(out)``."""
     raw, out = Path(raw), Path(out)
     if not raw.is_dir():
         raise PrepareError(f"raw cohort folder not found: {raw}")
@@ -204,26 +240,36 @@ def prepare(raw: Path, out: Path, options: Options = Options(), workers: int = 1
         raise PrepareError(str(err)) from None
     for w in warnings:
         log.warning(w)
-    headers, skipped = discover(raw, workers, patient_tag)
+    rules = dicom_rules(schema, patient_tag)
+    headers, skipped = discover(raw, workers, rules, clinical)
     if skipped:
-        log.warning("%d file(s) under %s are not DICOM images and were skipped (listed in exclusions.csv)",
+        log.warning("%d file(s) under %s are not DICOM objects and were skipped (counted in exclusions.csv)",
                     len(skipped), raw)
-    exclusions += [{"id": "-", "visit": "-", "reason": f"not a DICOM image: {p} ({why})"} for p, why in skipped]
-    studies = group_visits(headers)
+    # counted by kind: file names and exception texts may carry patient names or tag values
+    exclusions += [{"id": "-", "visit": "-", "reason": f"not a DICOM object ({kind}): {n} file(s)"}
+                   for kind, n in sorted(Counter(why.split(":")[0] for _, why in skipped).items())]
+    studies, skipped_series = group_visits(headers, rules)
+    if pseudonymize is None:
+        pseudonymize = any(h["key_tag"] == "PatientID" for h in headers)
+    if pseudonymize and salt is None:
+        salt = pseudonym_salt(out)
     out.mkdir(parents=True, exist_ok=True)
     stale = remove_stale_temporaries(out)
     if stale:
         log.warning("removed %d temporary file(s) left by an interrupted run", stale)
 
     def public_id(pid: str) -> str:
-        return pseudonym(pid, pseudonymize_salt) if pseudonymize_salt else pid
+        return pseudonym(pid, salt) if pseudonymize else pid
 
     run_salt = secrets.token_hex(16)
+    for key, visit, reason in skipped_series:  # raw DICOM keys: a digest unless the table knows them
+        pid = "-" if key == "-" else public_id(key) if key in patients else pseudonym(key, run_salt)
+        exclusions.append({"id": pid, "visit": visit, "reason": reason})
     for key in sorted(set(studies) - set(patients)):
         # the DICOM key may be a record number: never write it, only a digest with a secret
         # per-run salt (a fixed salt would let anyone test guessed record numbers)
         exclusions.append({"id": pseudonym(key, run_salt), "visit": "-",
-                           "reason": "DICOM patient has no valid row in clinical.csv (id shown as digest)"})
+                           "reason": "DICOM patient has no valid row in the clinical table (id shown as digest)"})
     jobs = []
     for pid in sorted(patients):
         if pid not in studies:
@@ -271,7 +317,7 @@ def prepare(raw: Path, out: Path, options: Options = Options(), workers: int = 1
         "size": [options.size] * 3,
         "num_folds": N_FOLDS,
         "fold_seed": seed,
-        "pseudonymized": bool(pseudonymize_salt),
+        "pseudonymized": bool(pseudonymize),
         "schema": schema.name,
         "clinical_fields": schema.field_record(),
         "numTraining": len(entries),

@@ -1,7 +1,8 @@
 """Phase volumes from DICOM slices, and ITK resampling onto a fixed isotropic grid.
 
 Slices are ordered by their position along the slice normal (file order and InstanceNumber are
-not trusted), checked for one shared geometry, and scaled by RescaleSlope/Intercept.
+not trusted), checked for one shared geometry, and scaled by RescaleSlope/Intercept. A slice is
+a file, or one frame of a multi-frame (Enhanced MR) file.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pydicom
 import SimpleITK as sitk
 from pydicom.pixels import pixel_array
 
@@ -69,8 +71,13 @@ def read_phase(phase: Phase) -> tuple[np.ndarray, Geometry]:
     """Float32 volume (slices, rows, columns) of real-world values, and its geometry."""
     geometry, slices = phase_geometry(phase)
     volume = np.empty(geometry.shape, dtype=np.float32)
+    multiframe = {}  # path -> dataset: a multi-frame file is read once, and only its frames of this phase decoded
     for k, s in enumerate(slices):
-        pixels = pixel_array(s.path)  # stored values, decoded by pydicom (any transfer syntax)
+        # the whole file is read: pixel_array(path) finds no pixel data in a deflated file
+        ds = multiframe[s.path] if s.path in multiframe else pydicom.dcmread(s.path)
+        if s.frame is not None:
+            multiframe[s.path] = ds
+        pixels = pixel_array(ds, index=s.frame)  # stored values, decoded by pydicom (any transfer syntax)
         if pixels.shape != geometry.shape[1:]:
             raise GeometryError("pixel data does not match Rows/Columns")
         volume[k] = pixels * s.rescale[0] + s.rescale[1]

@@ -18,6 +18,7 @@ import torch
 
 from bundle_utils import BUNDLES, bundle_scripts
 from evaluation.runner import BundleRunError, Runner
+from preprocessing.schema import preset
 
 FAST = dict(widen_factor=0.0625, batch_size=4, val_fold=1, test_fold=2)  # train fold 0 only
 SPLIT = {k: v for k, v in FAST.items() if k != "widen_factor"}  # what a run after training may set
@@ -148,7 +149,8 @@ def _monai_bundle(*args, cwd, pythonpath=None):
     return done
 
 
-PAPER_SETTINGS = {"widen_factor": 1.0, "channels": 3, "visits": ["T0", "T1"], "lstm_layers": 2, "rnn_layers": 2,
+PAPER_SETTINGS = {"clinical_fields": preset("synthetic").field_record(),
+                  "widen_factor": 1.0, "channels": 3, "visits": ["T0", "T1"], "lstm_layers": 2, "rnn_layers": 2,
                   "use_clinical": True, "use_subtype": True, "spatial_size": None}
 
 
@@ -158,7 +160,7 @@ def test_metadata_and_network_io_verify(bundle, tmp_path):
     _monai_bundle("verify_metadata", "--meta_file", root / "configs/metadata.json",
                   "--filepath", BUNDLES / "meta_schema.json", cwd=tmp_path)
     # verify_net_in_out builds network_def without running `initialize`, so the bundle goes on PYTHONPATH;
-    # with no trained checkpoint, the paper's settings are given in place of the checkpoint's
+    # with no trained checkpoint and no cohort, the paper's settings are given in place of the checkpoint's
     _monai_bundle("verify_net_in_out", "--net_id", "network_def", "--meta_file", root / "configs/metadata.json",
                   "--config_file", root / "configs/inference.json", "--bundle_root", root,
                   "--model_settings", repr(PAPER_SETTINGS), cwd=tmp_path, pythonpath=root)
@@ -178,7 +180,7 @@ def test_torchscript_and_onnx_export_match_the_network(trained, bundle, visits, 
     image, clinical = torch.rand(2, 3 * visits, 32, 32, 32), torch.rand(2, 28) * 50
     with bundle_scripts(bundle) as s:
         cls = s.networks.PCRTeacher if bundle == "pcr_teacher" else s.networks.DualTaskNet
-        net = cls(widen_factor=0.0625).eval()
+        net = cls(PAPER_SETTINGS["clinical_fields"], widen_factor=0.0625).eval()
         net.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
         s.onnx_export.export_onnx(net, str(tmp_path / "model.onnx"), visits=visits)
         with torch.no_grad():

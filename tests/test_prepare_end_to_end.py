@@ -90,7 +90,7 @@ def test_rerun_skips_finished_visits_and_removes_temporaries(prepared, tiny_raw)
 def test_pseudonymized_ids_hide_study_ids(tiny_raw, tmp_path):
     out = tmp_path / "pseudo"
     datalist = prepare(tiny_raw, out, Options(size=16, spacing=4.0, required_visits=("T0",)),
-                       workers=1, pseudonymize_salt="secret")
+                       workers=1, pseudonymize=True, salt="secret")
     ids = pd.read_csv(tiny_raw / "clinical.csv", dtype={"id": str})["id"]
     assert all(e["id"].startswith("P") and e["id"] not in set(ids) for e in datalist["training"])
     text = (out / "datalist.json").read_text() + "".join(os.listdir(out / "images"))

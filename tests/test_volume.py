@@ -2,18 +2,22 @@
 
 import itk
 import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import EnhancedMRImageStorage
+from test_discovery import AXIAL, dataset, discover, set_pixels, uid, volumes
 
-from preprocessing.dicom_index import group_visits, scan_headers
+from preprocessing.dicom_index import group_visits, scan_headers, select_phases
 from preprocessing.volume import phase_geometry, ras_affine, read_phase, resample_around
 
 
 def test_read_phase_matches_itk_series_reader(tiny_raw):
     headers, skipped = scan_headers(sorted((tiny_raw / "dicom").rglob("*.dcm")))
-    assert not skipped
+    patients, skipped_series = group_visits(headers)
+    assert not skipped and not skipped_series
     seen = set()
-    for patient in group_visits(headers).values():
-        visit = patient["T0"]
-        phase = sorted(visit.phases.values(), key=lambda p: p.time_s)[-1]  # rescaled values at one site
+    for patient in patients.values():
+        phase = select_phases(list(patient["T0"].phases.values()))[2]  # late phase: rescaled values at one site
         volume, geometry = read_phase(phase)
         orientation = tuple(np.round(geometry.direction[:, 2]))
         if orientation in seen:
@@ -41,3 +45,47 @@ def test_resampled_grid_and_nifti_affine_agree():
     assert index.tolist() == [[4, 4, 4]]
     ras = ras_affine(point_lps, 9, 2.0) @ np.array([4, 4, 4, 1.0])
     np.testing.assert_allclose(ras[:3], point_lps * np.array([-1, -1, 1]))
+
+
+def _item(**tags) -> Dataset:
+    item = Dataset()
+    for keyword, value in tags.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def test_enhanced_mr_frames_are_slices_of_phases(tmp_path, monkeypatch):
+    """One Enhanced MR file, frames stored in any order: geometry, phase and timing per frame
+    from the functional groups (shared and per-frame), pixels of frame k read for its slice."""
+    data = volumes(3, n_slices=4)
+    frames = [(k, s) for k in range(3) for s in range(4)]
+    frames = [frames[i] for i in np.random.default_rng(1).permutation(len(frames))]
+    clock = ["100000", "100200", "100730"]  # 0, 120 and 450 s after the bolus
+    ds = dataset(EnhancedMRImageStorage, PatientID="P1", StudyInstanceUID=uid("e"), SeriesInstanceUID=uid("e", 1),
+                 StudyDate="20200101", ImageType=["ORIGINAL", "PRIMARY", "M", "NONE"], ContrastBolusStartTime="100000")
+    ds.SharedFunctionalGroupsSequence = [_item(
+        PlaneOrientationSequence=[_item(ImageOrientationPatient=list(AXIAL))],
+        PixelMeasuresSequence=[_item(PixelSpacing=[0.8, 0.7], SliceThickness=2.0)],
+        PixelValueTransformationSequence=[_item(RescaleSlope=2.0, RescaleIntercept=-10.0, RescaleType="US")])]
+    ds.PerFrameFunctionalGroupsSequence = [_item(
+        PlanePositionSequence=[_item(ImagePositionPatient=[-20.0, -30.0, 10.0 + 2.0 * s])],
+        FrameContentSequence=[_item(TemporalPositionIndex=k + 1, FrameAcquisitionDateTime=f"20200101{clock[k]}.25")])
+        for k, s in frames]
+    set_pixels(ds, np.stack([data[k, s] for k, s in frames]))
+    (tmp_path / "e").mkdir()
+    ds.save_as(tmp_path / "e" / "enhanced.dcm", enforce_file_format=True)
+
+    patients, skipped = discover(tmp_path)
+    phases = list(patients["P1"]["T0"].phases.values())
+    assert skipped == [] and len(phases) == 3
+    pre, early, late, how = select_phases(phases)
+    assert (how, pre.time_s, early.time_s, late.time_s) == ("AcquisitionTime", 0.25, 120.25, 450.25)
+    reads = []
+    dcmread = pydicom.dcmread
+    monkeypatch.setattr(pydicom, "dcmread", lambda *a, **k: reads.append(a) or dcmread(*a, **k))
+    for phase, k in ((pre, 0), (early, 1), (late, 2)):
+        volume, geometry = read_phase(phase)
+        np.testing.assert_array_equal(volume, data[k] * 2.0 - 10.0)
+        np.testing.assert_allclose(geometry.spacing, [0.7, 0.8, 2.0])
+        assert sorted(s.frame for s in phase.slices) == sorted(f for f, (kf, _) in enumerate(frames) if kf == k)
+    assert len(reads) == 3  # the file once per phase

@@ -102,7 +102,10 @@ def cohort_fields(dataset_dir: str) -> list[dict]:
 
 
 def matching_fields(model_fields: list[dict], dataset_dir: str) -> list[dict]:
-    """``model_fields`` when the cohort at ``dataset_dir`` records the same clinical fields."""
+    """``model_fields`` when the cohort at ``dataset_dir`` records the same clinical fields, or
+    when there is no cohort there (exporting or checking a network reads none)."""
+    if not os.path.isfile(os.path.join(dataset_dir, "datalist.json")):
+        return model_fields
     fields = cohort_fields(dataset_dir)
     if fields != model_fields:
         differ = sorted({f["name"] for f in fields} ^ {f["name"] for f in model_fields}) or sorted(
