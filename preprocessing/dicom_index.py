@@ -348,7 +348,7 @@ def _visit_name(image: dict, rules: DicomRules) -> str | None:
 
 def group_visits(headers: list[dict], rules: DicomRules = DicomRules()):
     """``(patients, skipped)``: patient -> visit -> Visit with the DCE phases of its study, and
-    (patient key or "-", visit or "-", reason with count) for what was skipped. Reasons are
+    (patient key or "-", visit or "-", reason, count) for what was skipped. Reasons are
     categories only, never tag values (no PHI). Visits without ClinicalTrialTimePointID or
     visit_pattern are named T0, T1, ... in study-date order."""
     studies = defaultdict(lambda: defaultdict(list))  # (patient, study) -> series -> images
@@ -384,7 +384,7 @@ def group_visits(headers: list[dict], rules: DicomRules = DicomRules()):
     for study, reasons in studied:  # reported once visits are named
         for reason, n in reasons.items():
             skipped[(study.patient, study.visit or "-", reason)] += n
-    return dict(patients), [(p, v, f"{reason} (x{n})") for (p, v, reason), n in sorted(skipped.items())]
+    return dict(patients), [(p, v, reason, n) for (p, v, reason), n in sorted(skipped.items())]
 
 
 def timing_source(phases: list[Phase]) -> str:
@@ -407,8 +407,14 @@ def select_phases(phases: list[Phase], early_s: float = EARLY_S, late_s: float =
     "index". Sets each phase's ``time_s`` from that source.
 
     With timing: the pre-contrast phase is the first one; early and late are the post-contrast
-    phases whose times are closest to ``early_s`` and ``late_s``. By index (phases ordered by
-    temporal position, else by SeriesNumber): first phase, first post-contrast phase and last phase.
+    phases whose k-space centres are closest to ``early_s`` and ``late_s`` after injection, taken
+    as the start of the first post-contrast phase (the I-SPY FTV readers' convention: no timing
+    tag reliably holds the injection, and GE's TriggerTime counts from the series start). A phase's
+    centre is its time plus half the interval between the first two post-contrast phases. By
+    index (phases ordered by temporal position, else by SeriesNumber): first phase, second
+    post-contrast phase (of three or more; else the first) and last phase: with the 60-120 s
+    phases of breast DCE protocols the second post-contrast phase is centred 90-180 s after
+    injection, nearest the early time, the first only 30-60 s.
     """
     if len(phases) < MIN_PHASES:
         raise PhaseError(f"{len(phases)} dynamic phase(s); need a pre-contrast and two post-contrast")
@@ -417,13 +423,14 @@ def select_phases(phases: list[Phase], early_s: float = EARLY_S, late_s: float =
         p.time_s = p.times.get(how)
     if how != "index":
         pre, *post = sorted(phases, key=lambda p: p.time_s)
-        early = min(post, key=lambda p: abs(p.time_s - early_s))
-        late = min(post, key=lambda p: abs(p.time_s - late_s))
+        start, half = post[0].time_s, (post[1].time_s - post[0].time_s) / 2
+        early = min(post, key=lambda p: abs(p.time_s - start + half - early_s))
+        late = min(post, key=lambda p: abs(p.time_s - start + half - late_s))
         if early is late:
             raise PhaseError("early and late phases coincide; timing tags cover too short a window")
         return pre, early, late, how
     for order in ("temporal_position", "series_number"):
         if all(getattr(p, order) is not None for p in phases):
             pre, *post = sorted(phases, key=lambda p: getattr(p, order))
-            return pre, post[0], post[-1], how
+            return pre, post[1] if len(post) >= 3 else post[0], post[-1], how
     raise PhaseError("phases have neither usable timing tags, TemporalPositionIdentifier nor SeriesNumber")

@@ -262,9 +262,16 @@ def prepare(raw: Path, out: Path, options: Options = Options(), workers: int = 1
         return pseudonym(pid, salt) if pseudonymize else pid
 
     run_salt = secrets.token_hex(16)
-    for key, visit, reason in skipped_series:  # raw DICOM keys: a digest unless the table knows them
+    # series that are not the DCE (SEG, maps, localizers, ...) cost no patient: counted over the
+    # cohort; studies or visits that are lost are listed per patient
+    routine = Counter()
+    for key, visit, reason, count in skipped_series:  # raw DICOM keys: a digest unless the table knows them
+        if reason.startswith("skipped series:"):
+            routine[reason] += count
+            continue
         pid = "-" if key == "-" else public_id(key) if key in patients else pseudonym(key, run_salt)
-        exclusions.append({"id": pid, "visit": visit, "reason": reason})
+        exclusions.append({"id": pid, "visit": visit, "reason": f"{reason} (x{count})" if count > 1 else reason})
+    exclusions += [{"id": "-", "visit": "-", "reason": f"{kind} (x{n})"} for kind, n in sorted(routine.items())]
     for key in sorted(set(studies) - set(patients)):
         # the DICOM key may be a record number: never write it, only a digest with a secret
         # per-run salt (a fixed salt would let anyone test guessed record numbers)

@@ -118,8 +118,8 @@ def test_ispy2_study_as_published(tmp_path):
     assert (how, pre.time_s, early.time_s, late.time_s) == ("TriggerTime", 0.0, 180.0, 450.0)
     for phase, k in ((pre, 0), (early, 2), (late, 4)):
         np.testing.assert_array_equal(read_phase(phase)[0], dce[k])
-    assert skipped == [("100001", "T0", "skipped series: SEG (x1)"),
-                       ("100001", "T0", "skipped series: derived (ImageType DERIVED) (x2)")]
+    assert skipped == [("100001", "T0", "skipped series: SEG", 1),
+                       ("100001", "T0", "skipped series: derived (ImageType DERIVED)", 2)]
 
 
 def test_unmatched_patient_key_and_study_description_are_reported(tmp_path):
@@ -128,10 +128,10 @@ def test_unmatched_patient_key_and_study_description_are_reported(tmp_path):
     _ispy2_study(tmp_path / "c", patient="MRN77")
     patients, skipped = discover(tmp_path, ISPY2)
     assert list(patients) == ["100001"] and list(patients["100001"]) == ["T0"]  # not renumbered
-    assert ("100001", "-", "study description does not match visit_pattern (x1)") in skipped
-    assert ("MRN77", "-", "patient key does not match patient_pattern (x1)") in skipped
+    assert ("100001", "-", "study description does not match visit_pattern", 1) in skipped
+    assert ("MRN77", "-", "patient key does not match patient_pattern", 1) in skipped
     phi = ("ISPY2", "VOLSER", "Site-", "SCREENING", "Analysis Mask")
-    assert not [r for _, _, r in skipped if any(v in r for v in phi)]
+    assert not [r for _, _, r, _ in skipped if any(v in r for v in phi)]
 
 
 def test_visits_by_study_date_without_tag_or_pattern(tmp_path):
@@ -166,11 +166,12 @@ def test_hospital_export_selects_the_dynamic_series(tmp_path):
     visit = patients["MRN0001"]["T0"]
     assert sorted(p.series_number for p in visit.phases.values()) == [10, 11, 12, 13]
     pre, early, late, how = select_phases(list(visit.phases.values()))
-    assert (how, pre.time_s, early.time_s, late.time_s) == ("AcquisitionTime", 10.0, 130.0, 370.0)
-    np.testing.assert_array_equal(read_phase(early)[0], dce[1])
-    assert skipped == [("MRN0001", "T0", "skipped series: description deny-list (x3)"),
-                       ("MRN0001", "T0", "skipped series: localizer (x1)"),
-                       ("MRN0001", "T0", "skipped series: not MR image storage (x1)")]
+    # post-contrast centres 60, 180, 300 s after the first post-contrast phase starts
+    assert (how, pre.time_s, early.time_s, late.time_s) == ("AcquisitionTime", 10.0, 250.0, 370.0)
+    np.testing.assert_array_equal(read_phase(early)[0], dce[2])
+    assert skipped == [("MRN0001", "T0", "skipped series: description deny-list", 3),
+                       ("MRN0001", "T0", "skipped series: localizer", 1),
+                       ("MRN0001", "T0", "skipped series: not MR image storage", 1)]
 
 
 def test_several_dynamic_series_are_reported_not_merged(tmp_path):
@@ -181,7 +182,7 @@ def test_several_dynamic_series_are_reported_not_merged(tmp_path):
     patients, skipped = discover(tmp_path)
     assert patients == {}
     # a study without one DCE series gets no date-order visit name
-    assert skipped == [("P1", "-", "several candidate dynamic series in study (x1)")]
+    assert skipped == [("P1", "-", "several candidate dynamic series in study", 1)]
     for rules, chosen in ((DicomRules(series_exclude=("nonfs",)), "dyn_fs"),
                           (DicomRules(series_include=(r"NONFS$",)), "dyn_nonfs")):
         patients, skipped = discover(tmp_path, rules)
@@ -196,14 +197,14 @@ def test_phases_of_one_series_without_temporal_position(tmp_path):
     cases = {"trigger": lambda k: {"TriggerTime": [0, 70000, 160000, 400000][k]},
              "clock": lambda k: {"AcquisitionTime": f"090{2 * k}00"},
              "instance": lambda k: {}}
-    expected = {"trigger": ("TriggerTime", 160.0), "clock": ("AcquisitionTime", 120.0), "instance": ("index", None)}
+    expected = {"trigger": ("TriggerTime", 160.0), "clock": ("AcquisitionTime", 240.0), "instance": ("index", None)}
     for name, tags in cases.items():
         write_series(tmp_path / name, dce, tags, StudyInstanceUID=uid(name), SeriesInstanceUID=uid(name, "dce"),
                      **study)
         patients, skipped = discover(tmp_path / name)
         pre, early, late, how = select_phases(list(patients["P1"]["T0"].phases.values()))
         assert (how, early.time_s) == expected[name] and skipped == []
-        for phase, k in ((pre, 0), (early, 1 if name != "trigger" else 2), (late, 3)):
+        for phase, k in ((pre, 0), (early, 2), (late, 3)):
             np.testing.assert_array_equal(read_phase(phase)[0], dce[k])
 
 
@@ -214,4 +215,4 @@ def test_two_studies_claiming_one_visit_are_reported(tmp_path):
                      PatientID="P1", ClinicalTrialTimePointID="T1", StudyInstanceUID=uid(name),
                      SeriesInstanceUID=uid(name, "dce"), StudyDate="20200101")
     patients, skipped = discover(tmp_path)
-    assert patients == {} and skipped == [("P1", "T1", "several studies with a dynamic series for one visit (x2)")]
+    assert patients == {} and skipped == [("P1", "T1", "several studies with a dynamic series for one visit", 2)]

@@ -25,6 +25,17 @@ def test_selection_by_timing_picks_closest_to_150_and_450_s():
     assert (pre.time_s, early.time_s, late.time_s, how) == (0.0, 155.0, 425.0, "TriggerTime")
 
 
+def test_early_and_late_are_timed_from_the_first_post_contrast_phase():
+    """GE's TriggerTime counts from the series start (pre-contrast 0 s, injection after it): the
+    phase starting at 200 s is centred 150 s after the first post-contrast phase began at 100 s."""
+    phases = _phases(TriggerTime=[0.0, 100.0, 200.0, 300.0, 400.0, 500.0])
+    pre, early, late, how = select_phases(phases)
+    assert (pre.time_s, early.time_s, late.time_s) == (0.0, 200.0, 500.0)
+    # the same phases timed from injection by the clock are chosen alike
+    shifted = _phases(AcquisitionTime=[-85.0, 15.0, 115.0, 215.0, 315.0, 415.0])
+    assert [p.time_s for p in select_phases(shifted)[:3]] == [-85.0, 115.0, 415.0]
+
+
 def test_frozen_clocks_fall_back_to_trigger_time():
     """I-SPY2 (TCIA): AcquisitionTime/ContentTime only seconds apart, TriggerTime increasing."""
     phases = _phases(positions=[1, 2, 3, 4, 5], TriggerTime=[0.0, 90.0, 180.0, 360.0, 450.0],
@@ -49,8 +60,11 @@ def test_content_time_then_index():
     assert select_phases(phases)[3] == "ContentTime"
     phases = _phases(positions=[3, 1, 2, 6, 4, 5], AcquisitionTime=[5.0, 6.0, 7.0, 8.0, 9.0, 10.0])
     pre, early, late, how = select_phases(phases)
-    assert (pre.temporal_position, early.temporal_position, late.temporal_position, how) == (1, 2, 6, "index")
+    # by index: the second post-contrast phase is early (centred nearest 150 s at 60-120 s phases)
+    assert (pre.temporal_position, early.temporal_position, late.temporal_position, how) == (1, 3, 6, "index")
     assert pre.time_s is None
+    pre, early, late, how = select_phases(_phases(positions=[1, 2, 3]))
+    assert (early.temporal_position, late.temporal_position) == (2, 3)  # two post-contrast phases: first, last
 
 
 def test_one_series_per_phase_is_ordered_by_time_else_series_number():
@@ -58,7 +72,7 @@ def test_one_series_per_phase_is_ordered_by_time_else_series_number():
     pre, early, late, how = select_phases(phases)
     assert (pre.time_s, early.time_s, late.time_s, how) == (-30.0, 150.0, 450.0, "AcquisitionTime")
     pre, early, late, how = select_phases(_phases(series_numbers=[1003, 1001, 1002, 1004]))
-    assert (pre.series_number, early.series_number, late.series_number, how) == (1001, 1002, 1004, "index")
+    assert (pre.series_number, early.series_number, late.series_number, how) == (1001, 1003, 1004, "index")
 
 
 def test_too_few_phases_and_missing_order_are_errors():
