@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -50,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     summary = sub.add_parser("summary", help="print the summary of a prepared cohort")
     summary.add_argument("prepared", type=Path)
 
+    agree = sub.add_parser("agreement", help="FTV of a prepared synthetic cohort against its true tumour volumes")
+    agree.add_argument("prepared", type=Path)
+    agree.add_argument("--truth", type=Path, required=True, help="truth.csv of the synthetic raw cohort")
+    agree.add_argument("--column", default="tumour_ml", help="truth column prefix (ispy2 layout: ftv_ml is the SEG's)")
+
     bench = sub.add_parser("bench", help="prepare throughput and memory vs a plain DICOM->NIfTI conversion")
     bench.add_argument("--raw", type=Path, required=True, help="raw cohort (generated there if absent)")
     bench.add_argument("--workdir", type=Path, required=True, help="scratch folder for outputs")
@@ -91,6 +97,13 @@ def main(argv=None) -> int:
             print(format_summary(summarize(args.out)))
         elif args.command == "summary":
             print(format_summary(summarize(args.prepared)))
+        elif args.command == "agreement":
+            from .agreement import format_agreement, ftv_agreement
+            from .prepare import pseudonym_salt
+
+            datalist = json.loads((args.prepared / "datalist.json").read_text())
+            salt = pseudonym_salt(args.prepared, create=False) if datalist.get("pseudonymized") else None
+            print(format_agreement(ftv_agreement(args.prepared, args.truth, args.column, salt)))
         elif args.command == "bench":
             from .bench import run_benchmark
 

@@ -202,12 +202,15 @@ def dicom_rules(schema: Schema, patient_tag: str | None = None) -> DicomRules:
     return DicomRules(**{**spec, **({"patient_tag": patient_tag} if patient_tag else {})})
 
 
-def pseudonym_salt(out: Path) -> str:
+def pseudonym_salt(out: Path, create: bool = True) -> str:
     """``$PCR_PSEUDONYM_SALT``, else a random key kept in ``<out>.pseudonym-key`` beside (never
-    inside) the prepared folder, created once so that reruns give the same pseudonyms."""
+    inside) the prepared folder, created once (``create``) so that reruns give the same pseudonyms."""
     if os.environ.get("PCR_PSEUDONYM_SALT"):
         return os.environ["PCR_PSEUDONYM_SALT"]
+    out = Path(out)
     key = out.parent / f"{out.name}.pseudonym-key"
+    if not key.exists() and not create:
+        raise PrepareError(f"{key} not found: the pseudonym key (or $PCR_PSEUDONYM_SALT) of {out} is needed")
     if not key.exists():
         key.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(key) as tmp:

@@ -1,8 +1,8 @@
 """``python -m preprocessing synth``: a synthetic I-SPY2-like cohort in raw form.
 
 Writes ``RAW/dicom/`` (DCE-MRI series per patient and visit, real DICOM MR files with fake PHI),
-``RAW/clinical.csv`` and ``RAW/truth.csv`` (latent response and oracle probabilities; never read
-by a model). Sites differ in scanner gain, noise, orientation, resolution, timing tags, phase
+``RAW/clinical.csv`` and ``RAW/truth.csv`` (latent response, oracle probabilities and the phantom's
+tumour volume per visit; never read by a model). Sites differ in scanner gain, noise, orientation, resolution, timing tags, phase
 layout and case mix.
 """
 
@@ -217,6 +217,11 @@ def patient_jobs(out: Path, patients: int, sites: int, seed: int, resolution: st
     records = clinical.merge(truth, on="id").to_dict("records")
     jobs = [{"patient": rec, "scanner": scanners[rec["site"]], "out": str(Path(out) / "dicom"),
              "seed": int(s.generate_state(1)[0])} for rec, s in zip(records, seeds)]
+    # the phantom's tumour volume per visit, to check the FTV against
+    volumes = np.array([[patient_anatomy(job)[0].tumour_volume_ml] for job in jobs]) * np.exp(
+        np.cumsum(np.c_[np.zeros(len(jobs)), truth[[f"y_{v}" for v in VISITS[1:]]].to_numpy()], axis=1))
+    for k, visit in enumerate(VISITS):
+        truth[f"tumour_ml_{visit}"] = volumes[:, k].round(4)
     return clinical, truth, jobs
 
 
