@@ -101,7 +101,7 @@ def process_visit(visit: Visit, out_stem: Path, options: Options, fallback_centr
                         options.pe_threshold, options.min_component_ml, geometry.direction, geometry.spacing)
     ftv, ftv_ml, ftv_source = maps.ftv_mask, maps.ftv_ml, "pe"
     if options.ftv_source == "seg":
-        from_seg = analysis_mask_ftv(getattr(visit, "segs", []), geometry)  # the study's DICOM SEG files
+        from_seg = analysis_mask_ftv(visit.segs, geometry)
         ftv, ftv_ml, ftv_source = (*from_seg, "seg") if from_seg else (ftv, ftv_ml, "pe (no Analysis Mask)")
     centroid = largest_component_centroid(ftv)
     if centroid is not None:

@@ -2,7 +2,9 @@
 
 A schema is a YAML file (presets in ``preprocessing/schemas/``; see ``synthetic.yaml`` for every
 option). It names the table's id, label and site columns and, per model field, its ``group``
-(``clinical`` or ``subtype``, Table 1 of Jing & Wang), its ``type`` and its vocabulary:
+(``clinical`` or ``subtype``, Table 1 of Jing & Wang, which the pCR bundles encode; ``rhpc``, the
+further radiological, histopathological, personal and clinical variables of the MRP fusion
+model), its ``type`` and its vocabulary:
 
 - ``number``: a float column, optionally within ``range``;
 - ``binary``: 0/1, also spelled yes/no, positive/negative, pos/neg, true/false;
@@ -27,7 +29,7 @@ from pathlib import Path
 import yaml
 
 PRESETS = Path(__file__).parent / "schemas"
-GROUPS = ("clinical", "subtype")
+GROUPS = ("clinical", "subtype", "rhpc")
 TYPES = ("number", "binary", "category", "multi_hot")
 UNKNOWN = "unknown"
 TRUE = ("1", "yes", "y", "positive", "pos", "true", "+")
@@ -168,7 +170,7 @@ class Schema:
         return [self.id_column, self.label_column] + [c for f in self.fields for c in f.source_columns()]
 
     def field_record(self) -> list[dict]:
-        """Encoding order: clinical fields, then subtype fields, each in schema order."""
+        """Encoding order: clinical, subtype, then rhpc fields, each in schema order."""
         return [f.record() for group in GROUPS for f in self.fields if f.group == group]
 
 

@@ -262,6 +262,9 @@ def test_a_model_is_refused_on_a_cohort_with_another_encoding(fake_prepared):
             s.data.matching_fields(other_levels, str(fake_prepared))
         encoding = s.data.ClinicalEncoding(ispy2)
         assert (encoding.clinical_size, encoding.subtype_size) == (12 + 1 + 7 + 3, 3)
+        # fields of the MRP model's rhpc group are not part of the pCR bundles' vector
+        rhpc = {"name": "histology", "group": "rhpc", "type": "category", "levels": ["ductal", "lobular"]}
+        assert s.data.ClinicalEncoding(FIELDS + [rhpc]).encode("P1", RECORD).shape == (28,)
 
 
 def test_area_resampling_keeps_the_tumour_volume(tmp_path):

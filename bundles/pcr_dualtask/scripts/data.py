@@ -36,11 +36,13 @@ from monai.transforms import (
 # is on the scale of the signal; the FTV mask stays 0/1.
 CHANNEL_DIVISORS = (100.0, 100.0, 1.0, 1.0)
 WIDTH = {"number": 1, "binary": 1}  # category and multi_hot: one value per level
+GROUPS = ("clinical", "subtype")  # Table 1 of Jing & Wang, in this order
 
 
 class ClinicalEncoding:
     """The clinical + subtype vector of a cohort, built from the fields its ``datalist.json``
-    records (``clinical_fields``: name, group, type, levels), clinical fields first.
+    records (``clinical_fields``: name, group, type, levels), clinical fields first; fields of
+    other groups (``rhpc``, for the MRP fusion bundle) are not part of it.
 
     Multi-hot and one-hot fields give one value per level, binary fields are coded positive 0 /
     negative 1 (Table 1 of Jing & Wang), age stays raw (the network z-scores it). Fields the
@@ -48,9 +50,9 @@ class ClinicalEncoding:
     """
 
     def __init__(self, fields: Sequence[dict]):
-        self.fields = [dict(f) for f in fields]
-        groups = [f.get("group") for f in self.fields]
-        if any(g not in ("clinical", "subtype") for g in groups) or groups != sorted(groups):
+        self.fields = [dict(f) for f in fields if f.get("group") in GROUPS]
+        groups = [f["group"] for f in self.fields]
+        if groups != sorted(groups, key=GROUPS.index):
             raise ValueError(f"clinical fields must be grouped clinical, then subtype: {groups}")
         widths = [WIDTH.get(f["type"]) or len(f.get("levels") or ()) for f in self.fields]
         if not all(widths):
