@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
 
     summary = sub.add_parser("summary", help="print the summary of a prepared cohort")
     summary.add_argument("prepared", type=Path)
+    summary.add_argument("--truth", type=Path, default=None,
+                         help="truth.csv of a synthetic cohort: print its oracle AUROCs over the prepared patients")
 
     agree = sub.add_parser("agreement", help="FTV of a prepared synthetic cohort against its true tumour volumes")
     agree.add_argument("prepared", type=Path)
@@ -96,7 +98,7 @@ def main(argv=None) -> int:
                     patient_tag=args.patient_tag)
             print(format_summary(summarize(args.out)))
         elif args.command == "summary":
-            print(format_summary(summarize(args.prepared)))
+            print(format_summary(summarize(args.prepared, args.truth)))
         elif args.command == "agreement":
             from .agreement import format_agreement, ftv_agreement
             from .prepare import pseudonym_salt
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
             from .bench import run_benchmark
 
             run_benchmark(args.raw, args.workdir, args.workers, args.patients)
-    except (PrepareError, SchemaError) as err:
+    except (PrepareError, SchemaError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -421,16 +421,22 @@ def select_phases(phases: list[Phase], early_s: float = EARLY_S, late_s: float =
     how = timing_source(phases)
     for p in phases:
         p.time_s = p.times.get(how)
+    pre, *post = acquisition_order(phases)
     if how != "index":
-        pre, *post = sorted(phases, key=lambda p: p.time_s)
         start, half = post[0].time_s, (post[1].time_s - post[0].time_s) / 2
         early = min(post, key=lambda p: abs(p.time_s - start + half - early_s))
         late = min(post, key=lambda p: abs(p.time_s - start + half - late_s))
         if early is late:
             raise PhaseError("early and late phases coincide; timing tags cover too short a window")
         return pre, early, late, how
-    for order in ("temporal_position", "series_number"):
+    return pre, post[1] if len(post) >= 3 else post[0], post[-1], how
+
+
+def acquisition_order(phases: list[Phase]) -> list[Phase]:
+    """Phases in acquisition order: by ``time_s`` (as ``select_phases`` sets it), else by temporal
+    position, else by SeriesNumber."""
+    for order in ("time_s", "temporal_position", "series_number"):
         if all(getattr(p, order) is not None for p in phases):
-            pre, *post = sorted(phases, key=lambda p: getattr(p, order))
-            return pre, post[1] if len(post) >= 3 else post[0], post[-1], how
+            return sorted(phases, key=lambda p: getattr(p, order))
     raise PhaseError("phases have neither usable timing tags, TemporalPositionIdentifier nor SeriesNumber")
+

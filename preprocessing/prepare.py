@@ -1,8 +1,9 @@
 """``python -m preprocessing prepare``: raw DICOM cohort + clinical table -> prepared cohort.
 
 Outputs (``DESIGN.md``, prepared cohort): ``images/<id>/<visit>.nii.gz`` with channels early PE,
-late PE, FTV mask and SER on an isotropic grid centred on the tumour; a sidecar
-``images/<id>/<visit>.json`` (FTV in mL, phase selection); ``datalist.json``; ``exclusions.csv``.
+late PE, FTV mask, SER and the subtraction image (first post-contrast minus pre-contrast signal)
+on an isotropic grid centred on the tumour; a sidecar ``images/<id>/<visit>.json`` (FTV in mL,
+phase selection); ``datalist.json``; ``exclusions.csv``.
 Every file is written atomically; a rerun with the same options skips finished visits.
 """
 
@@ -34,6 +35,7 @@ from .dicom_index import (
     DicomRules,
     PhaseError,
     Visit,
+    acquisition_order,
     group_visits,
     scan_headers,
     select_phases,
@@ -51,7 +53,7 @@ from .seg import FTV_SOURCES, AnalysisMaskError, analysis_mask_ftv
 from .volume import GeometryError, ras_affine, read_phase, resample_around
 
 log = logging.getLogger("preprocessing")
-CHANNELS = ("pe_early", "pe_late", "ftv_mask", "ser")
+CHANNELS = ("pe_early", "pe_late", "ftv_mask", "ser", "subtraction")
 N_FOLDS = 5
 
 
@@ -91,11 +93,15 @@ def process_visit(visit: Visit, out_stem: Path, options: Options, fallback_centr
     sidecar = out_stem.with_suffix(".json")
     if sidecar.exists():
         record = json.loads(sidecar.read_text())
-        if record.get("options") == _jsonable(asdict(options)) and out_stem.with_suffix(".nii.gz").exists():
+        if (record.get("options") == _jsonable(asdict(options)) and record.get("channels") == list(CHANNELS)
+                and out_stem.with_suffix(".nii.gz").exists()):
             return record
-    pre, early, late, selection = select_phases(list(visit.phases.values()), options.early_s, options.late_s)
+    phases = list(visit.phases.values())
+    pre, early, late, selection = select_phases(phases, options.early_s, options.late_s)
+    first = acquisition_order(phases)[1]  # for the MRP model's subtraction image
     (s0, geometry), (s1, g1), (s2, g2) = (read_phase(p) for p in (pre, early, late))
-    if not (geometry.same_as(g1) and geometry.same_as(g2)):
+    s_first, g_first = (s1, g1) if first is early else read_phase(first)
+    if not (geometry.same_as(g1) and geometry.same_as(g2) and geometry.same_as(g_first)):
         raise GeometryError("geometry mismatch between phases")
     maps = kinetic_maps(s0, s1, s2, geometry.voxel_ml, options.background_fraction,
                         options.pe_threshold, options.min_component_ml, geometry.direction, geometry.spacing)
@@ -110,8 +116,9 @@ def process_visit(visit: Visit, out_stem: Path, options: Options, fallback_centr
         centre, centre_from = np.asarray(fallback_centre), "earlier visit ftv"
     else:
         centre, centre_from = geometry.to_physical((np.array(geometry.shape) - 1) / 2), "volume centre"
+    subtraction = s_first - s0
     channels = [resample_around(a, geometry, centre, options.size, options.spacing, nearest=(name == "ftv_mask"))
-                for name, a in zip(CHANNELS, (maps.pe_early, maps.pe_late, ftv, maps.ser))]
+                for name, a in zip(CHANNELS, (maps.pe_early, maps.pe_late, ftv, maps.ser, subtraction))]
     image = nib.Nifti1Image(np.stack(channels, axis=-1).astype(np.float32),
                             ras_affine(centre, options.size, options.spacing))
     with atomic_path(out_stem.with_suffix(".nii.gz")) as tmp:
@@ -125,6 +132,7 @@ def process_visit(visit: Visit, out_stem: Path, options: Options, fallback_centr
         "phase_selection": selection,
         "phase_times_s": [None if p.time_s is None else round(p.time_s, 1) for p in (pre, early, late)],
         "n_phases": len(visit.phases),
+        "channels": list(CHANNELS),
         "options": asdict(options),
     }
     atomic_write_json(record, sidecar)
@@ -319,7 +327,8 @@ def prepare(raw: Path, out: Path, options: Options = Options(), workers: int = 1
         e["fold"] = folds[e["id"]]
     datalist = {
         "name": "pCR DCE-MRI prepared cohort",
-        "description": "Per visit: early PE, late PE, FTV mask, SER (channels last in the NIfTI).",
+        "description": "Per visit: early PE, late PE, FTV mask, SER, first post-contrast minus pre-contrast "
+                       "signal (channels last in the NIfTI).",
         "channels": list(CHANNELS),
         "visits": sorted({v for e in entries for v in e["ftv_ml"]}),
         "required_visits": list(options.required_visits),

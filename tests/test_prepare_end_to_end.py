@@ -40,6 +40,10 @@ def test_datalist_layout_and_images(prepared, tiny_raw):
     assert set(np.unique(mask)) <= {0.0, 1.0} and mask.sum() > 0
     pe_early = image[0].numpy()  # resampled linearly, the mask by nearest neighbour: compare means
     assert pe_early[mask > 0].mean() > 70.0 > pe_early[mask == 0].mean()
+    # subtraction (first post-contrast minus pre-contrast signal): the enhancing tumour stands out
+    subtraction = image[CHANNELS.index("subtraction")].numpy()
+    assert subtraction[mask > 0].mean() > 3 * abs(subtraction[mask == 0].mean())
+    assert datalist["channels"] == list(CHANNELS)
     assert (out / "exclusions.csv").read_text().strip() == "id,visit,reason"
 
 
