@@ -100,10 +100,22 @@ def check_args(bundle: str, args: argparse.Namespace, sites: list[str]) -> None:
                                     "representations with the global teacher; fl_jobs/two_stage.py does it)")
 
 
-def bundle_overrides(args: argparse.Namespace, age: dict) -> dict:
-    """Config overrides of every copy of the bundle: folds, seed and the pooled age statistics."""
+def bundle_overrides(args: argparse.Namespace, age: dict, clinical_fields: list[dict]) -> dict:
+    """Config overrides of every copy of the bundle: folds, seed, the pooled age statistics and
+    the cohort's clinical fields (the server builds its model without data)."""
     return {"val_fold": args.val_fold, "test_fold": args.central_fold, "seed": args.seed,
-            "age_stats": [age["mean"], age["std"]]}
+            "age_stats": [age["mean"], age["std"]], "clinical_fields": clinical_fields}
+
+
+def cohort_fields(folders: list[Path]) -> list[dict]:
+    """The clinical fields every datalist in ``folders`` records; they must agree."""
+    fields = {str(f): json.loads((f / "datalist.json").read_text()).get("clinical_fields") for f in folders}
+    first = next(iter(fields.values()))
+    differ = [name for name, f in fields.items() if f != first]
+    if not first or differ:
+        raise JobFailed(f"the sites' datalists record {'no' if not first else 'different'} clinical fields "
+                        f"({', '.join(differ) or 'all'}): prepare every site with one cohort schema")
+    return first
 
 
 def age_statistics(args: argparse.Namespace, sites: list[str], workspace: Path) -> dict:
@@ -151,7 +163,8 @@ def age_statistics(args: argparse.Namespace, sites: list[str], workspace: Path) 
 
 
 def client_args(bundle: str, args: argparse.Namespace, site: str, folder: Path, overrides: dict) -> str:
-    overrides = dict(overrides)
+    # a client reads the clinical fields from its own datalist (cohort_fields checked they agree)
+    overrides = {k: v for k, v in overrides.items() if k != "clinical_fields"}
     if bundle == "pcr_dualtask":
         overrides["teacher_features"] = str((args.teacher_features / site / "teacher_features.csv").resolve())
     text = (f"--bundle {bundle} --data {folder.resolve()} --local-epochs {args.local_epochs} "
@@ -179,7 +192,7 @@ def build_recipe(bundle: str, args: argparse.Namespace, sites: dict[str, Path], 
     from fl_jobs.server import CentralEvaluator
 
     files = relative_config_files(("train",), args.profile)
-    overrides = bundle_overrides(args, age)
+    overrides = bundle_overrides(args, age, cohort_fields([central, *sites.values()]))
     recipe = FedAvgRecipe(
         name=job_name(bundle, args),
         model={"path": "fl_jobs.bundle.network",
