@@ -9,6 +9,16 @@ import sys
 from pathlib import Path
 
 
+def _mg_size(text: str) -> tuple[int, int]:
+    try:
+        rows, columns = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROWS,COLUMNS (e.g. 1024,512), got '{text}'") from None
+    if rows < 8 or columns < 8:
+        raise argparse.ArgumentTypeError("mammogram size must be at least 8,8")
+    return rows, columns
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m preprocessing", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -25,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--layout", choices=("native", "ispy2"), default="native",
                        help="native: this project's raw form (clinical.csv, trial tags); ispy2: as TCIA publishes "
                             "I-SPY2 (ISPY2/<PatientID>/<study>/<series>/, ISPY2_clinical.xlsx, SEG, PE2/SER)")
+    synth.add_argument("--mammography-share", type=float, default=0.85,
+                       help="native layout: share of patients with pre-treatment mammograms (L/R CC/MLO; none at "
+                            "the last of several sites)")
 
     prep = sub.add_parser("prepare", help="raw DICOM cohort -> NIfTI kinetic maps + MONAI datalist")
     prep.add_argument("--raw", type=Path, required=True, help="folder with the DICOM files (any layout)")
@@ -47,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--pseudonymize", choices=("auto", "yes", "no"), default="auto",
                       help="replace study ids by salted hashes; auto: when the patient key is PatientID "
                            "(salt: $PCR_PSEUDONYM_SALT, else a key file written beside --out)")
+    prep.add_argument("--mg-size", type=_mg_size, default=(128, 64), metavar="ROWS,COLUMNS",
+                      help="size of the prepared mammograms (the paper's 1024,512 on a GPU)")
 
     summary = sub.add_parser("summary", help="print the summary of a prepared cohort")
     summary.add_argument("prepared", type=Path)
@@ -85,7 +100,8 @@ def main(argv=None) -> int:
                 info = synthesize_ispy2(args.out, args.patients, args.sites or len(PROTOCOLS), args.seed, workers,
                                         args.resolution)
             else:
-                info = synthesize(args.out, args.patients, args.sites or 3, args.seed, workers, args.resolution)
+                info = synthesize(args.out, args.patients, args.sites or 3, args.seed, workers, args.resolution,
+                                  args.mammography_share)
             print(f"wrote {info['files']} DICOM files for {info['patients']} patients at {info['sites']} sites "
                   f"(pCR rate {info['pCR rate']:.1%}) to {args.out}")
         elif args.command == "prepare":
@@ -95,7 +111,7 @@ def main(argv=None) -> int:
             schema = load_schema(args.schema) if args.schema else preset(args.preset or "synthetic")
             prepare(args.raw, args.out, options, workers, args.seed, schema=schema, clinical=args.clinical,
                     pseudonymize={"auto": None, "yes": True, "no": False}[args.pseudonymize],
-                    patient_tag=args.patient_tag)
+                    patient_tag=args.patient_tag, mg_size=args.mg_size)
             print(format_summary(summarize(args.out)))
         elif args.command == "summary":
             print(format_summary(summarize(args.prepared, args.truth)))

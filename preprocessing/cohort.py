@@ -13,14 +13,36 @@ with independent ``n_k ~ N(0, S_k^2)``. The posterior of ``r`` given the clinica
 subset of the ``y_k`` is therefore Gaussian in closed form, and so is P(pCR | ...): these are the
 oracle probabilities written to ``truth.csv``. Conditioning on more visits can only sharpen the
 posterior, so T0-T2 is more informative than T0-T1, which is more informative than T0 alone.
+
+The rhpc variables of the MRP fusion model (Gao et al., Table 2: radiological, histopathological,
+personal, clinical) and one mammographic quantity are drawn afterwards from a stream of their own,
+so every other column and every DICOM file of a seed is what it was without them:
+
+* ``y_MG``: margin score of the mass on the pre-treatment mammogram, ``y_MG = A_MG + B_MG r + n_MG``
+  (standard-normal scale; > 0 circumscribed, < 0 spiculated: spiculated, luminal-looking masses
+  respond worse). A mammogram renderer draws the mass with spicules that grow as ``y_MG`` falls.
+* focality, breast density, histology, differentiation, in situ component, cT, cN, cM: drawn given
+  ``r`` (and receptor subtype or age): ``P(level | r) = softmax(log p + slope * r)``, so pCR is
+  associated with them as in the paper without changing ``mu``, ``r`` or pCR.
+* tumour location and laterality (unrelated to pCR in the paper), molecular subtype (from HR, HER2
+  and Ki-67), menopausal status (from age), gene mutations and therapy flags (from subtype, age,
+  arm): given the clinical data, independent of ``r``.
+
+Values go missing at rates that differ by variable and site (one site does no gene testing; genes
+are tested mostly in the young and in triple-negative disease), never depending on ``r``, so an
+unknown value carries no likelihood. The oracle P(pCR | clinical, rhpc [, y_MG] [, MRI]) is then
+the Gaussian posterior of ``r`` times the likelihood of the observed response-linked variables,
+integrated over ``r`` by Gauss-Legendre quadrature to machine precision (``rhpc_oracle``).
 """
 
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+from scipy.special import log_softmax
 from scipy.stats import norm
 
 AGENTS = (
@@ -70,6 +92,66 @@ OBS_S = np.array([0.22, 0.30, 0.42, 0.30])
 VISITS = ("T0", "T1", "T2", "T3")
 VISIT_WEEKS = (0, 3, 12, 20)
 ORACLE_VISITS = {"p_clinical": 0, "p_t0": 1, "p_t0_t1": 2, "p_t0_t2": 3}
+
+# Mammographic margin score y_MG (module docstring): about as informative as the week-3 MRI.
+MG_A, MG_B, MG_S = 0.25, 0.5, 0.8
+# rhpc oracles: (MRI visits, with the mammogram)
+RHPC_ORACLES = {"p_rhpc": (0, False), "p_rhpc_mg": (0, True), "p_rhpc_mri": (3, False),
+                "p_rhpc_mg_mri": (3, True)}
+RHPC_COLUMNS = (
+    "tumour_location", "laterality", "focality", "breast_density",
+    "molecular_subtype", "histology", "differentiation", "in_situ_component",
+    "menopausal_status", "brca1", "brca2", "chek2", "tp53",
+    "cT", "cN", "cM", "chemotherapy", "hormonal_therapy", "immunotherapy",
+)
+# ICD-O codes and their frequencies in Table 2 of Gao et al. (C50.4, upper-outer quadrant, most common)
+LOCATIONS = ("C50.0", "C50.1", "C50.2", "C50.3", "C50.4", "C50.5", "C50.6", "C50.8", "C50.9")
+LOCATION_P = np.array([2, 139, 316, 121, 659, 128, 9, 23, 7]) / 1404
+GENES = ("brca1", "brca2", "chek2", "tp53")
+# P(carrier | tested) per receptor subtype (TNBC, HR-/HER2+, HR+/HER2+, HR+/HER2-): BRCA1 mostly TNBC
+CARRIER_P = np.array([[0.15, 0.03, 0.02, 0.03],
+                      [0.03, 0.02, 0.03, 0.05],
+                      [0.01, 0.02, 0.02, 0.03],
+                      [0.005, 0.01, 0.005, 0.005]])
+# Share of unknown values (Table 2), varied per site; gene status is unknown unless tested.
+MISSING = {"tumour_location": 0.002, "laterality": 0.002, "focality": 0.06, "breast_density": 0.03,
+           "molecular_subtype": 0.002, "histology": 0.003, "differentiation": 0.08,
+           "in_situ_component": 0.006, "menopausal_status": 0.002, "cT": 0.012, "cN": 0.013,
+           "cM": 0.005, "chemotherapy": 0.002, "hormonal_therapy": 0.002, "immunotherapy": 0.002}
+NO_GENE_TESTING_SITE = 1  # index of the site that records no gene mutations (S02)
+
+
+class Linked(NamedTuple):
+    """An rhpc variable drawn given the latent response: ``P(level | r, subtype, age) =
+    softmax(log p[subtype] + slope * r + age_slope * (age - 49))``."""
+
+    levels: tuple[str, ...]
+    p: list  # level probabilities at r = 0 (and age 49): one row, or one per receptor subtype
+    slope: tuple[float, ...]  # log-odds per unit of r: the direction and size of the pCR association
+    age_slope: tuple[float, ...] | float = 0.0
+
+
+# Slopes sized so that the pCR odds ratios on a large cohort are those of Gao et al. (tests/test_rhpc.py).
+LINKED = {
+    "focality": Linked(("unifocal", "multifocal", "satellite"), [0.56, 0.03, 0.41], (0.0, -1.0, -0.3)),
+    # dense breasts: younger women; OR ~1.05 for pCR (not significant in the paper)
+    "breast_density": Linked(("A", "B", "C", "D"), [0.10, 0.40, 0.38, 0.12], (0.0, 0.0, 0.02, 0.02),
+                             (0.05, 0.02, -0.02, -0.05)),
+    # lobular carcinoma: mostly HR+/HER2-, poor response
+    "histology": Linked(("ductal", "lobular", "other"),
+                        [[0.95, 0.01, 0.04], [0.96, 0.02, 0.02], [0.93, 0.05, 0.02], [0.80, 0.17, 0.03]],
+                        (0.0, -0.5, 0.0)),
+    # poorly differentiated (high grade) tumours respond better
+    "differentiation": Linked(("well", "moderate", "poor"),
+                              [[0.01, 0.20, 0.79], [0.02, 0.40, 0.58], [0.03, 0.50, 0.47], [0.08, 0.60, 0.32]],
+                              (-0.4, 0.0, 0.4)),
+    # an in situ component next to the invasive tumour: poorer response (OR ~0.5), more common in HER2+
+    "in_situ_component": Linked(("yes", "no"), [[0.30, 0.70], [0.55, 0.45], [0.50, 0.50], [0.40, 0.60]],
+                                (-0.4, 0.0)),
+    "cT": Linked(("T1", "T2", "T3", "T4"), [0.22, 0.58, 0.17, 0.03], (0.25, 0.0, -0.3, -0.3)),
+    "cN": Linked(("N0", "N1", "N2", "N3"), [0.40, 0.46, 0.01, 0.13], (0.3, 0.0, 0.0, 0.0)),
+    "cM": Linked(("M0", "M1"), [0.96, 0.04], (0.0, -0.4)),
+}
 
 
 def agent_column(agent: str) -> str:
@@ -145,16 +227,110 @@ def sample_response(mu: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
     return r, y
 
 
+def _gaussian_posterior(mu: np.ndarray, y: np.ndarray, a, b, s) -> tuple[np.ndarray, float]:
+    """Mean and precision of ``r`` given ``N(mu, 1)`` and observations ``y = a + b r + N(0, s^2)``."""
+    precision = 1.0 + np.sum(b**2 / s**2)
+    mean = (mu + ((y - a) * b / s**2).sum(axis=1)) / precision
+    return mean, precision
+
+
 def oracle_probability(mu: np.ndarray, y: np.ndarray, n_visits: int) -> np.ndarray:
     """Exact P(pCR | clinical, image quantities of the first ``n_visits`` visits)."""
-    b, s = OBS_B[:n_visits], OBS_S[:n_visits]
-    precision = 1.0 + np.sum(b**2 / s**2)
-    mean = (mu + ((y[:, :n_visits] - OBS_A[:n_visits]) * b / s**2).sum(axis=1)) / precision
+    mean, precision = _gaussian_posterior(mu, y[:, :n_visits], OBS_A[:n_visits], OBS_B[:n_visits],
+                                          OBS_S[:n_visits])
     return norm.cdf(mean * np.sqrt(precision))
 
 
+def receptor_subtype(clinical: pd.DataFrame) -> np.ndarray:
+    """Index into ``RECEPTOR_SUBTYPES`` of each patient."""
+    hr, her2 = clinical["HR"].to_numpy(), clinical["HER2"].to_numpy()
+    return np.where(hr == 1, 3 - her2, her2)
+
+
+def _linked_log_p(spec: Linked, r: np.ndarray, subtype: np.ndarray, age: np.ndarray) -> np.ndarray:
+    """log P(level | r) of a response-linked variable at ``r`` (n, m): (n, m, levels)."""
+    p = np.broadcast_to(np.asarray(spec.p, dtype=float), (len(RECEPTOR_SUBTYPES), len(spec.levels)))
+    logits = (np.log(p[subtype])[:, None] + r[..., None] * np.asarray(spec.slope)
+              + (age - 49)[:, None, None] * np.asarray(spec.age_slope))
+    return log_softmax(logits, axis=-1)
+
+
+def _draw(p: np.ndarray, levels, rng: np.random.Generator) -> np.ndarray:
+    """One level per row of probabilities ``p`` (n, levels)."""
+    return np.asarray(levels, dtype=object)[(p.cumsum(axis=1)[:, :-1] < rng.random((len(p), 1))).sum(axis=1)]
+
+
+def sample_rhpc(clinical: pd.DataFrame, r: np.ndarray, sites: list[dict],
+                rng: np.random.Generator) -> pd.DataFrame:
+    """The rhpc columns (None = unknown) of the patients in ``clinical`` given their response ``r``."""
+    n, subtype, age = len(clinical), receptor_subtype(clinical), clinical["age"].to_numpy()
+    values = {
+        "tumour_location": _draw(np.tile(LOCATION_P, (n, 1)), LOCATIONS, rng),
+        "laterality": np.where(rng.random(n) < 0.51, "left", "right"),
+        # St Gallen 2013: HR+/HER2- with Ki-67 >= 20 % is luminal B
+        "molecular_subtype": np.select(
+            [subtype == 0, subtype == 1, subtype == 2, clinical["Ki67"].to_numpy() >= 20],
+            ["triple negative", "HER2-enriched", "triple positive", "luminal B"], "luminal A"),
+        # natural menopause between 40 and 58
+        "menopausal_status": np.where(age >= np.clip(rng.normal(51, 3.5, n), 40, 58), "post", "pre"),
+        "chemotherapy": np.where(clinical["agent_paclitaxel"] | clinical["agent_carboplatin"], "yes", "no"),
+        # neoadjuvant endocrine therapy for some HR+ patients, mostly HER2-
+        "hormonal_therapy": np.where(rng.random(n) < np.array([0, 0, 0.04, 0.12])[subtype], "yes", "no"),
+        "immunotherapy": np.where(clinical["agent_pembrolizumab"] == 1, "yes", "no"),
+    }
+    for name, spec in LINKED.items():
+        values[name] = _draw(np.exp(_linked_log_p(spec, r[:, None], subtype, age)[:, 0]), spec.levels, rng)
+    for gene, p in zip(GENES, CARRIER_P):
+        values[gene] = np.where(rng.random(n) < p[subtype], "carrier", "non-carrier")
+    table = pd.DataFrame(values, index=clinical.index)[list(RHPC_COLUMNS)].astype(object)
+
+    site = pd.Index([s["site"] for s in sites]).get_indexer(clinical["site"])
+    site_factor = rng.lognormal(0.0, 0.5, size=(len(sites), len(MISSING) + 1))
+    for k, (name, rate) in enumerate(MISSING.items()):
+        table.loc[rng.random(n) < rate * site_factor[site, k], name] = None
+    # genes are tested in the young and in triple-negative disease, not at all at one site
+    tested = rng.random(n) < (0.04 + 0.25 * (age < 40) + 0.10 * (subtype == 0)) * site_factor[site, -1]
+    table.loc[~tested | (site == NO_GENE_TESTING_SITE), list(GENES)] = None
+    return table
+
+
+def rhpc_log_likelihood(clinical: pd.DataFrame, r: np.ndarray) -> np.ndarray:
+    """log P(observed response-linked rhpc values | r) at ``r`` (n, m); unknown values add nothing.
+    The other rhpc variables and the missingness do not depend on ``r`` given the clinical data."""
+    subtype, age = receptor_subtype(clinical), clinical["age"].to_numpy()
+    total = np.zeros(r.shape)
+    for name, spec in LINKED.items():
+        code = pd.Categorical(clinical[name], categories=spec.levels).codes  # -1: unknown
+        log_p = np.take_along_axis(_linked_log_p(spec, r, subtype, age), np.maximum(code, 0)[:, None, None], -1)
+        total += np.where(code[:, None] >= 0, log_p[..., 0], 0.0)
+    return total
+
+
+def rhpc_oracle(clinical: pd.DataFrame, mu: np.ndarray, y: np.ndarray, n_visits: int,
+                y_mg: np.ndarray | None = None, nodes: int = 32, z_max: float = 10.0) -> np.ndarray:
+    """Exact P(pCR | clinical, rhpc, MRI quantities of the first ``n_visits`` visits [, ``y_mg``])."""
+    a, b, s, obs = OBS_A[:n_visits], OBS_B[:n_visits], OBS_S[:n_visits], y[:, :n_visits]
+    if y_mg is not None:
+        a, b, s = np.append(a, MG_A), np.append(b, MG_B), np.append(s, MG_S)
+        obs = np.column_stack([obs, y_mg])
+    mean, precision = _gaussian_posterior(mu, obs, a, b, s)
+    sd = 1.0 / np.sqrt(precision)
+    # The posterior is N(mean, sd^2) times the rhpc likelihood, a smooth function of r: Gauss-Legendre
+    # in z = (r - mean) / sd on [-z_max, z_max], split where r = 0 so the pCR indicator is no
+    # discontinuity; with no rhpc value known this is norm.cdf(mean / sd) to machine precision.
+    x, w = np.polynomial.legendre.leggauss(nodes)
+    x, w = (x + 1) / 2, w / 2
+    split = np.clip(-mean / sd, -z_max, z_max)[:, None]
+    z = np.concatenate([-z_max + (split + z_max) * x, split + (z_max - split) * x], axis=1)
+    log_w = np.log(np.concatenate([(split + z_max) * w, (z_max - split) * w], axis=1) + 1e-300)
+    log_mass = log_w + norm.logpdf(z) + rhpc_log_likelihood(clinical, mean[:, None] + sd * z)
+    mass = np.exp(log_mass - log_mass.max(axis=1, keepdims=True))
+    return mass[:, nodes:].sum(axis=1) / mass.sum(axis=1)
+
+
 def sample_cohort(n: int, n_sites: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
-    """Clinical table (with pCR) and truth table (latent response, image quantities, oracles)."""
+    """Clinical table (with pCR, then the rhpc variables) and truth table (latent response, image
+    quantities, oracles)."""
     rng = np.random.default_rng(seed)
     sites = sample_sites(n_sites, rng)
     clinical = sample_clinical(n, sites, rng)
@@ -166,4 +342,9 @@ def sample_cohort(n: int, n_sites: int, seed: int) -> tuple[pd.DataFrame, pd.Dat
         truth[f"y_{visit}"] = y[:, k]
     for name, n_visits in ORACLE_VISITS.items():
         truth[name] = oracle_probability(mu, y, n_visits)
+    rng = np.random.default_rng([seed, 3])  # a stream of its own: the columns above stay as they were
+    clinical = pd.concat([clinical, sample_rhpc(clinical, r, sites, rng)], axis=1)
+    truth["y_MG"] = MG_A + MG_B * r + MG_S * rng.standard_normal(n)
+    for name, (n_visits, mammogram) in RHPC_ORACLES.items():
+        truth[name] = rhpc_oracle(clinical, mu, y, n_visits, truth["y_MG"].to_numpy() if mammogram else None)
     return clinical, truth, sites

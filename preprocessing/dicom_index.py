@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import EnhancedMRImageStorage, MRImageStorage, SegmentationStorage
+from pydicom.uid import (
+    DigitalMammographyXRayImageStorageForPresentation,
+    DigitalMammographyXRayImageStorageForProcessing,
+    EnhancedMRImageStorage,
+    MRImageStorage,
+    SegmentationStorage,
+)
 
 PATIENT_KEY_TAGS = ("ClinicalTrialSubjectID", "PatientID")
 HEADER_TAGS = [
@@ -29,6 +35,8 @@ HEADER_TAGS = [
     "NumberOfFrames", "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
 ]
 MR_STORAGE = (MRImageStorage, EnhancedMRImageStorage)
+# prepared by mammography.py; never part of an MRI visit
+MAMMOGRAPHY_STORAGE = (DigitalMammographyXRayImageStorageForPresentation, DigitalMammographyXRayImageStorageForProcessing)
 EARLY_S, LATE_S = 150.0, 450.0  # I-SPY early and late post-contrast times
 MIN_PHASES = 3  # a pre-contrast and two post-contrast phases
 # Seconds after injection, tried in this order. TriggerTime means different things per vendor:
@@ -353,7 +361,8 @@ def group_visits(headers: list[dict], rules: DicomRules = DicomRules()):
     visit_pattern are named T0, T1, ... in study-date order."""
     studies = defaultdict(lambda: defaultdict(list))  # (patient, study) -> series -> images
     for h in headers:
-        studies[(h["patient"], h["study"])][h["series"]].append(h)
+        if h["sop_class"] not in MAMMOGRAPHY_STORAGE:
+            studies[(h["patient"], h["study"])][h["series"]].append(h)
     skipped, found, studied = Counter(), defaultdict(list), []
     for (raw_key, _), series in studies.items():
         first = next(iter(series.values()))[0]

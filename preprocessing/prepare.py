@@ -3,7 +3,8 @@
 Outputs (``DESIGN.md``, prepared cohort): ``images/<id>/<visit>.nii.gz`` with channels early PE,
 late PE, FTV mask, SER and the subtraction image (first post-contrast minus pre-contrast signal)
 on an isotropic grid centred on the tumour; a sidecar ``images/<id>/<visit>.json`` (FTV in mL,
-phase selection); ``datalist.json``; ``exclusions.csv``.
+phase selection); mammograms as ``images/<id>/mg_<L|R>_<CC|MLO>.nii.gz`` (``mammography``);
+``datalist.json``; ``exclusions.csv``.
 Every file is written atomically; a rerun with the same options skips finished visits.
 """
 
@@ -47,6 +48,7 @@ from .kinetics import (
     kinetic_maps,
     largest_component_centroid,
 )
+from .mammography import MG_SIZE, add_mammograms
 from .parallel import parallel_map
 from .schema import Schema, preset
 from .seg import FTV_SOURCES, AnalysisMaskError, analysis_mask_ftv
@@ -230,14 +232,15 @@ def pseudonym_salt(out: Path, create: bool = True) -> str:
 
 def prepare(raw: Path, out: Path, options: Options = Options(), workers: int = 1, seed: int = 0, *,
             schema: Schema | None = None, clinical: Path | None = None, pseudonymize: bool | None = None,
-            salt: str | None = None, patient_tag: str | None = None) -> dict:
+            salt: str | None = None, patient_tag: str | None = None, mg_size: tuple[int, int] = MG_SIZE) -> dict:
     """Prepare a cohort; returns the datalist. Raises ``PrepareError`` on fatal input problems.
 
     ``schema`` (default: the ``synthetic`` preset) maps the clinical table onto the model fields
     and says how DICOM studies are found; ``clinical`` is the table (default: the schema's
     ``table`` under ``raw``). Ids are pseudonymised (``P`` + salted SHA-256) when
     ``pseudonymize`` is true, or when it is None and a patient key comes from PatientID (a record
-    number); ``salt`` defaults to ``pseudonym_salt(out)``."""
+    number); ``salt`` defaults to ``pseudonym_salt(out)``. ``mg_size`` is the (rows, columns) of the
+    prepared mammograms."""
     raw, out = Path(raw), Path(out)
     if not raw.is_dir():
         raise PrepareError(f"raw cohort folder not found: {raw}")
@@ -317,6 +320,7 @@ def prepare(raw: Path, out: Path, options: Options = Options(), workers: int = 1
         entry["ftv_ml"] = {v: results[v]["ftv_ml"] for v in sorted(results)}
         entry["clinical"] = patients[pid]["clinical"]
         entries.append(entry)
+    exclusions += add_mammograms(entries, headers, patients, public_id, rules, out, mg_size, workers)
     atomic_write_csv(pd.DataFrame(exclusions, columns=["id", "visit", "reason"]), out / "exclusions.csv")
     if not entries:
         raise PrepareError(f"no patient could be prepared; reasons in {out / 'exclusions.csv'}")
@@ -334,6 +338,7 @@ def prepare(raw: Path, out: Path, options: Options = Options(), workers: int = 1
         "required_visits": list(options.required_visits),
         "spacing_mm": options.spacing,
         "size": [options.size] * 3,
+        "mammogram_size": list(mg_size),
         "num_folds": N_FOLDS,
         "fold_seed": seed,
         "pseudonymized": bool(pseudonymize),

@@ -1,8 +1,10 @@
 """``python -m preprocessing synth``: a synthetic I-SPY2-like cohort in raw form.
 
-Writes ``RAW/dicom/`` (DCE-MRI series per patient and visit, real DICOM MR files with fake PHI),
-``RAW/clinical.csv`` and ``RAW/truth.csv`` (latent response, oracle probabilities and the phantom's
-tumour volume per visit; never read by a model). Sites differ in scanner gain, noise, orientation, resolution, timing tags, phase
+Writes ``RAW/dicom/`` (DCE-MRI series per patient and visit, real DICOM MR files with fake PHI,
+and for most patients a pre-treatment mammography study: ``synth_mammo``),
+``RAW/clinical.csv`` (Table 1 fields, pCR, then the MRP model's rhpc variables) and ``RAW/truth.csv``
+(latent response, image quantities, the mammographic margin score ``y_MG``, oracle probabilities
+and the phantom's tumour volume per visit; never read by a model). Sites differ in scanner gain, noise, orientation, resolution, timing tags, phase
 layout and case mix.
 """
 
@@ -22,6 +24,7 @@ from .atomic import atomic_write_csv
 from .cohort import VISIT_WEEKS, VISITS, sample_cohort
 from .parallel import parallel_map
 from .phantom import FOV_MM, Anatomy, render_phases
+from .synth_mammo import MAMMOGRAPHY_SHARE, plan_mammography, write_mammograms
 
 SURNAMES = ("ALVAREZ", "BROWN", "CHEN", "DUBOIS", "EKWUEME", "FISCHER", "GARCIA", "HOLM", "IVANOVA")
 GIVEN_NAMES = ("ANNA", "BEATRIZ", "CLAIRE", "DANA", "ELIF", "FATIMA", "GRACE", "HANA", "INES")
@@ -166,7 +169,7 @@ def write_patient(job: dict) -> int:
                 number = slice_order[k] + 1 + p * len(positions)
                 ds.save_as(series_dir / f"IM{number:05d}.dcm", enforce_file_format=True)
                 n_files += 1
-    return n_files
+    return n_files + write_mammograms(job, anatomy, phi, baseline_date, patient_dir)
 
 
 def _series_dataset(scanner: Scanner, study: dict, series: dict, orientation, phase: int,
@@ -226,10 +229,12 @@ def patient_jobs(out: Path, patients: int, sites: int, seed: int, resolution: st
 
 
 def synthesize(out: Path, patients: int = 240, sites: int = 3, seed: int = 0, workers: int = 1,
-               resolution: str = "demo") -> dict:
-    """Write a synthetic raw cohort to ``out``; returns a short summary."""
+               resolution: str = "demo", mammography_share: float = MAMMOGRAPHY_SHARE) -> dict:
+    """Write a synthetic raw cohort to ``out``; returns a short summary. A ``mammography_share``
+    of the patients also has pre-treatment mammograms (none at the last site: ``synth_mammo``)."""
     out = Path(out)
     clinical, truth, jobs = patient_jobs(out, patients, sites, seed, resolution)
+    plan_mammography(jobs, sites, mammography_share, resolution)
     out.mkdir(parents=True, exist_ok=True)
     n_files = sum(parallel_map(write_patient, jobs, workers, "synth", "patient"))
     # the tables are written last, so a cohort with a clinical.csv is complete

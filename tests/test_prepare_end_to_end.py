@@ -124,6 +124,6 @@ def test_interrupt_leaves_only_complete_files_and_rerun_finishes(tiny_raw, tmp_p
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
     assert not list(out.rglob(TMP_MARK + "*")) and not (out / "datalist.json").exists()
     for sidecar in out.glob("images/*/*.json"):  # a sidecar is written after its image: both complete
-        assert nib.load(sidecar.with_suffix(".nii.gz")).get_fdata().shape == (16, 16, 16, 4)
+        assert nib.load(sidecar.with_suffix(".nii.gz")).get_fdata().shape == (16, 16, 16, len(CHANNELS))
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and (out / "datalist.json").exists()
