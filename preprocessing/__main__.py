@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .synth_mammo import MAMMOGRAPHY_SHARE
+
 
 def _mg_size(text: str) -> tuple[int, int]:
     try:
@@ -35,9 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--layout", choices=("native", "ispy2"), default="native",
                        help="native: this project's raw form (clinical.csv, trial tags); ispy2: as TCIA publishes "
                             "I-SPY2 (ISPY2/<PatientID>/<study>/<series>/, ISPY2_clinical.xlsx, SEG, PE2/SER)")
-    synth.add_argument("--mammography-share", type=float, default=0.85,
+    synth.add_argument("--mammography-share", type=float, default=MAMMOGRAPHY_SHARE,
                        help="native layout: share of patients with pre-treatment mammograms (L/R CC/MLO; none at "
                             "the last of several sites)")
+    synth.add_argument("--visits", choices=("all", "realistic"), default="all",
+                       help="native layout: every patient has MRI at T0-T3, or a per-site realistic subset")
 
     prep = sub.add_parser("prepare", help="raw DICOM cohort -> NIfTI kinetic maps + MONAI datalist")
     prep.add_argument("--raw", type=Path, required=True, help="folder with the DICOM files (any layout)")
@@ -101,7 +105,7 @@ def main(argv=None) -> int:
                                         args.resolution)
             else:
                 info = synthesize(args.out, args.patients, args.sites or 3, args.seed, workers, args.resolution,
-                                  args.mammography_share)
+                                  args.mammography_share, args.visits)
             print(f"wrote {info['files']} DICOM files for {info['patients']} patients at {info['sites']} sites "
                   f"(pCR rate {info['pCR rate']:.1%}) to {args.out}")
         elif args.command == "prepare":

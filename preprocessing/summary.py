@@ -11,7 +11,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 UNKNOWN = "unknown"
-ORACLES = ("p_clinical", "p_rhpc", "p_rhpc_mg", "p_rhpc_mri", "p_t0", "p_t0_t1", "p_t0_t2")
+ORACLES = ("p_clinical", "p_t0", "p_t0_t1", "p_t0_t2", "p_rhpc", "p_rhpc_mg", "p_rhpc_mri", "p_rhpc_mg_mri")
 
 
 def availability(datalist: dict) -> pd.DataFrame:

@@ -54,6 +54,13 @@ SCANNERS = (
     Scanner("axial", 2.2, 5.0, 5, 100.0, "both", False, (1.0, 0.0), 0.8, 8.0, True, "SIEMENS"),
 )
 FULL_RESOLUTION = {"pixel_mm": 1 / 3, "slice_mm": 1 / 2.5}  # multipliers for --resolution full
+# MRI visits per patient under --visits realistic, per site template: an I-SPY-like site images
+# nearly everyone at every visit; others miss mid- or post-treatment scans (the MRP cohorts)
+VISIT_SUBSETS = (
+    {("T0", "T1", "T2", "T3"): 0.85, ("T0", "T1", "T2"): 0.10, ("T0",): 0.05},
+    {("T0", "T1", "T2", "T3"): 0.60, ("T0", "T1", "T2"): 0.10, ("T0", "T3"): 0.20, ("T0",): 0.10},
+    {("T0", "T1", "T2", "T3"): 0.70, ("T0", "T1", "T3"): 0.10, ("T0", "T3"): 0.15, ("T0",): 0.05},
+)
 
 
 def site_scanner(k: int, resolution: str, rng: np.random.Generator) -> Scanner:
@@ -146,6 +153,8 @@ def write_patient(job: dict) -> int:
         }
         study_dir = patient_dir / _opaque(job["seed"], visit)
         slice_order = rng.permutation(len(positions))  # file numbering unrelated to position
+        if visit not in job["visits"]:  # not imaged: rendered all the same, so later visits do not change
+            continue
         for p, (t, volume) in enumerate(zip(times, phases)):
             series_key = p if scanner.one_series_per_phase else 0
             series = {
@@ -211,15 +220,31 @@ def _series_dataset(scanner: Scanner, study: dict, series: dict, orientation, ph
     return ds
 
 
-def patient_jobs(out: Path, patients: int, sites: int, seed: int, resolution: str):
-    """Clinical table, truth table and one rendering job per patient (deterministic in ``seed``)."""
+def visit_subsets(sites: list[str], seed: int) -> list[tuple[str, ...]]:
+    """The MRI visits each patient has under ``--visits realistic``: the patterns of VISIT_SUBSETS
+    with the probabilities of the patient's site (the templates in turn), from their own stream."""
+    rng = np.random.default_rng([seed, 4])
+    order = sorted(set(sites))
+    chosen = []
+    for site in sites:
+        patterns, p = zip(*VISIT_SUBSETS[order.index(site) % len(VISIT_SUBSETS)].items())
+        chosen.append(patterns[rng.choice(len(patterns), p=p)])
+    return chosen
+
+
+def patient_jobs(out: Path, patients: int, sites: int, seed: int, resolution: str, visits: str = "all"):
+    """Clinical table, truth table and one rendering job per patient (deterministic in ``seed``);
+    ``visits``: "all" (every patient has T0-T3) or "realistic" (``visit_subsets``)."""
     clinical, truth, site_list = sample_cohort(patients, sites, seed)
     rng = np.random.default_rng([seed, 1])
     scanners = {s["site"]: site_scanner(k, resolution, rng) for k, s in enumerate(site_list)}
     seeds = np.random.SeedSequence([seed, 2]).spawn(patients)
     records = clinical.merge(truth, on="id").to_dict("records")
+    subsets = (visit_subsets(list(clinical["site"]), seed) if visits == "realistic"
+               else [VISITS] * patients)
+    truth["visits"] = [",".join(v) for v in subsets]
     jobs = [{"patient": rec, "scanner": scanners[rec["site"]], "out": str(Path(out) / "dicom"),
-             "seed": int(s.generate_state(1)[0])} for rec, s in zip(records, seeds)]
+             "seed": int(s.generate_state(1)[0]), "visits": v} for rec, s, v in zip(records, seeds, subsets)]
     # the phantom's tumour volume per visit, to check the FTV against
     volumes = np.array([[patient_anatomy(job)[0].tumour_volume_ml] for job in jobs]) * np.exp(
         np.cumsum(np.c_[np.zeros(len(jobs)), truth[[f"y_{v}" for v in VISITS[1:]]].to_numpy()], axis=1))
@@ -229,11 +254,12 @@ def patient_jobs(out: Path, patients: int, sites: int, seed: int, resolution: st
 
 
 def synthesize(out: Path, patients: int = 240, sites: int = 3, seed: int = 0, workers: int = 1,
-               resolution: str = "demo", mammography_share: float = MAMMOGRAPHY_SHARE) -> dict:
+               resolution: str = "demo", mammography_share: float = MAMMOGRAPHY_SHARE, visits: str = "all") -> dict:
     """Write a synthetic raw cohort to ``out``; returns a short summary. A ``mammography_share``
-    of the patients also has pre-treatment mammograms (none at the last site: ``synth_mammo``)."""
+    of the patients also has pre-treatment mammograms (none at the last site: ``synth_mammo``);
+    ``visits`` "realistic" gives each patient a subset of the MRI visits (``visit_subsets``)."""
     out = Path(out)
-    clinical, truth, jobs = patient_jobs(out, patients, sites, seed, resolution)
+    clinical, truth, jobs = patient_jobs(out, patients, sites, seed, resolution, visits)
     plan_mammography(jobs, sites, mammography_share, resolution)
     out.mkdir(parents=True, exist_ok=True)
     n_files = sum(parallel_map(write_patient, jobs, workers, "synth", "patient"))
