@@ -10,6 +10,7 @@ PY=.venv/bin/python
 if [ ! -f "$DATA/raw/clinical.csv" ]; then
   $PY -m preprocessing synth --out "$DATA/raw" --patients "${PATIENTS:-240}" --sites "${SITES:-3}" --seed "${SEED:-0}"
 fi
-$PY -m preprocessing prepare --raw "$DATA/raw" --out "$DATA/prepared"
+$PY -m preprocessing prepare --raw "$DATA/raw" --out "$DATA/prepared" > /dev/null
 echo "prepared cohort: $DATA/prepared (datalist.json, exclusions.csv, images/)"
+$PY -m preprocessing summary "$DATA/prepared" --truth "$DATA/raw/truth.csv"
 $PY -m evaluation holdout --data "$DATA/prepared" --truth "$DATA/raw/truth.csv" --out "${RUNS:-runs}/demo"
