@@ -275,6 +275,7 @@ def prepare(raw: Path, out: Path, options: Options = Options(), workers: int = 1
     def public_id(pid: str) -> str:
         return pseudonym(pid, salt) if pseudonymize else pid
 
+    exclusions = [dict(e, id=public_id(e["id"])) if e["id"] != "-" else e for e in exclusions]  # table rows
     run_salt = secrets.token_hex(16)
     # series that are not the DCE (SEG, maps, localizers, ...) cost no patient: counted over the
     # cohort; studies or visits that are lost are listed per patient

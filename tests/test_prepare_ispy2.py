@@ -19,6 +19,7 @@ from preprocessing.prepare import Options, prepare
 from preprocessing.synth_ispy2 import synthesize
 
 PATIENTS = 6
+EXCLUDED = 999999  # a workbook row without images
 SIZE = ["--size", "24", "--spacing", "2.5"]
 
 
@@ -33,6 +34,13 @@ def _prepare_cli(raw, out, *extra, salt=None):
 def ispy2(tmp_path_factory):
     raw = tmp_path_factory.mktemp("ispy2") / "raw"
     synthesize(raw, patients=PATIENTS, seed=5, workers=2)
+    # a workbook row that is excluded (no images, unknown race spelling): its id must not leak either
+    sheets = pd.read_excel(raw / "ISPY2_clinical.xlsx", sheet_name=None)
+    first = next(iter(sheets))
+    sheets[first] = pd.concat([sheets[first], sheets[first].iloc[:1].assign(Patient_ID=EXCLUDED, Race="Martian")])
+    with pd.ExcelWriter(raw / "ISPY2_clinical.xlsx") as writer:
+        for name, sheet in sheets.items():
+            sheet.to_excel(writer, sheet_name=name, index=False)
     out = raw.parent / "prepared"
     done = _prepare_cli(raw, out)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -56,7 +64,10 @@ def test_every_patient_is_prepared_with_the_published_fields(ispy2):
     races = {e["clinical"]["race"] for e in entries}
     assert races <= set(next(f for f in datalist["clinical_fields"] if f["name"] == "race")["levels"])
     exclusions = pd.read_csv(out / "exclusions.csv", keep_default_na=False)
-    assert (exclusions["id"] == "-").all()  # only counts of skipped series and non-DICOM files
+    excluded = exclusions[exclusions["id"] != "-"]  # else only counts of skipped series and non-DICOM files
+    key = (raw.parent / "prepared.pseudonym-key").read_text().strip()
+    assert excluded["id"].tolist() == [pseudonym(str(EXCLUDED), key)]
+    assert excluded["reason"].iloc[0] == "clinical field 'race' (column Race) has unknown value 'Martian'"
     reasons = " | ".join(exclusions["reason"])
     for kind in ("skipped series: SEG", "skipped series: derived", "skipped series: localizer"):
         assert f"{kind}" in reasons
@@ -95,7 +106,7 @@ def test_ftv_from_the_collections_analysis_mask(ispy2):
 def test_no_phi_in_any_output(ispy2):
     raw, out, done, truth = ispy2
     phi = json.loads((raw / "phi_values.json").read_text())
-    values = set(phi["values"]) | set(truth["id"]) | {i.removeprefix("ISPY2-") for i in truth["id"]}
+    values = set(phi["values"]) | set(truth["id"]) | {i.removeprefix("ISPY2-") for i in truth["id"]} | {str(EXCLUDED)}
     values |= {phi["uid_root"]}
     assert len(values) > 50
     blobs = {"log": (done.stdout + done.stderr).encode()}
