@@ -61,11 +61,13 @@ def view_of(ds) -> tuple[str | None, str | None]:
 
 
 def breast_mask(image: np.ndarray) -> np.ndarray:
-    """The breast: above the Otsu threshold, largest connected component, holes filled."""
+    """The breast: above the Otsu threshold, largest connected component, holes filled. The
+    threshold is taken on the image clipped at its 99th percentile: a small saturated marker or
+    label would otherwise pull it above the breast."""
     import SimpleITK as sitk
 
     otsu = sitk.OtsuThresholdImageFilter()
-    otsu.Execute(sitk.GetImageFromArray(image))
+    otsu.Execute(sitk.GetImageFromArray(np.minimum(image, np.percentile(image, 99))))
     labels, n = ndimage.label(image > otsu.GetThreshold())
     if n == 0:
         raise ViewError("no breast found (uniform image)")

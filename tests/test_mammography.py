@@ -318,3 +318,15 @@ def test_bad_mammograms_are_excluded_with_a_reason(damaged):
     assert sorted(entries[ids[1]]["mammograms"]) == ["L_CC", "R_CC"]
     assert "mammograms" not in entries[ids[2]]
 
+
+
+def test_breast_segmentation_ignores_a_small_saturated_marker():
+    """A dense, small breast and a burned-in label at full scale (as rendered for two views of the
+    default cohort): the threshold on the raw image fell between breast and label."""
+    image = np.full((417, 333), 41.0)
+    rows, cols = np.ogrid[:417, :333]
+    breast = ((rows - 208) / 110.0) ** 2 + (cols / 80.0) ** 2 <= 1  # ~8 % of the detector
+    image[breast] = 560 + 40 * np.random.default_rng(0).random(breast.sum())
+    image[20:40, 250:285] = 3800.0  # ~0.5 %
+    mask = breast_mask(image)
+    assert mask[breast].mean() > 0.95 and not mask[20:40, 250:285].any()
