@@ -104,14 +104,15 @@ def cohort_fields(dataset_dir: str) -> list[dict]:
 
 
 def matching_fields(model_fields: list[dict], dataset_dir: str) -> list[dict]:
-    """``model_fields`` when the cohort at ``dataset_dir`` records the same clinical fields, or
-    when there is no cohort there (exporting or checking a network reads none)."""
+    """``model_fields`` when the cohort at ``dataset_dir`` records the same clinical and subtype
+    fields, or when there is no cohort there (exporting or checking a network reads none)."""
     if not os.path.isfile(os.path.join(dataset_dir, "datalist.json")):
         return model_fields
-    fields = cohort_fields(dataset_dir)
-    if fields != model_fields:
-        differ = sorted({f["name"] for f in fields} ^ {f["name"] for f in model_fields}) or sorted(
-            f["name"] for f in fields if f not in model_fields)
+    # only the fields this bundle encodes count (the MRP model's rhpc fields may differ)
+    fields, model = ClinicalEncoding(cohort_fields(dataset_dir)).fields, ClinicalEncoding(model_fields).fields
+    if fields != model:
+        differ = sorted({f["name"] for f in fields} ^ {f["name"] for f in model}) or sorted(
+            f["name"] for f in fields if f not in model)
         raise ValueError(f"the model's clinical encoding does not match the cohort in {dataset_dir} "
                          f"(fields or levels differ: {', '.join(differ)}); prepare the cohort with the "
                          "model's schema, or train a model on this cohort")
