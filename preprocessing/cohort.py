@@ -98,6 +98,7 @@ MG_A, MG_B, MG_S = 0.25, 0.5, 0.8
 # rhpc oracles: (MRI visits, with the mammogram)
 RHPC_ORACLES = {"p_rhpc": (0, False), "p_rhpc_mg": (0, True), "p_rhpc_mri": (3, False),
                 "p_rhpc_mg_mri": (3, True)}
+IMAGED = ("laterality", "tumour_location", "breast_density", "focality")  # what a mammogram shows
 RHPC_COLUMNS = (
     "tumour_location", "laterality", "focality", "breast_density",
     "molecular_subtype", "histology", "differentiation", "in_situ_component",
@@ -261,8 +262,10 @@ def _draw(p: np.ndarray, levels, rng: np.random.Generator) -> np.ndarray:
 
 
 def sample_rhpc(clinical: pd.DataFrame, r: np.ndarray, sites: list[dict],
-                rng: np.random.Generator) -> pd.DataFrame:
-    """The rhpc columns (None = unknown) of the patients in ``clinical`` given their response ``r``."""
+                rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rhpc columns (None = unknown) of the patients in ``clinical`` given their response
+    ``r``, and the true values of the ones a mammogram shows (``IMAGED``: a tumour has a side and
+    a location whether or not the table records them)."""
     n, subtype, age = len(clinical), receptor_subtype(clinical), clinical["age"].to_numpy()
     values = {
         "tumour_location": _draw(np.tile(LOCATION_P, (n, 1)), LOCATIONS, rng),
@@ -283,6 +286,7 @@ def sample_rhpc(clinical: pd.DataFrame, r: np.ndarray, sites: list[dict],
     for gene, p in zip(GENES, CARRIER_P):
         values[gene] = np.where(rng.random(n) < p[subtype], "carrier", "non-carrier")
     table = pd.DataFrame(values, index=clinical.index)[list(RHPC_COLUMNS)].astype(object)
+    imaged = table[list(IMAGED)].copy()
 
     site = pd.Index([s["site"] for s in sites]).get_indexer(clinical["site"])
     site_factor = rng.lognormal(0.0, 0.5, size=(len(sites), len(MISSING) + 1))
@@ -291,7 +295,7 @@ def sample_rhpc(clinical: pd.DataFrame, r: np.ndarray, sites: list[dict],
     # genes are tested in the young and in triple-negative disease, not at all at one site
     tested = rng.random(n) < (0.04 + 0.25 * (age < 40) + 0.10 * (subtype == 0)) * site_factor[site, -1]
     table.loc[~tested | (site == NO_GENE_TESTING_SITE), list(GENES)] = None
-    return table
+    return table, imaged
 
 
 def rhpc_log_likelihood(clinical: pd.DataFrame, r: np.ndarray) -> np.ndarray:
@@ -343,8 +347,11 @@ def sample_cohort(n: int, n_sites: int, seed: int) -> tuple[pd.DataFrame, pd.Dat
     for name, n_visits in ORACLE_VISITS.items():
         truth[name] = oracle_probability(mu, y, n_visits)
     rng = np.random.default_rng([seed, 3])  # a stream of its own: the columns above stay as they were
-    clinical = pd.concat([clinical, sample_rhpc(clinical, r, sites, rng)], axis=1)
+    rhpc, imaged = sample_rhpc(clinical, r, sites, rng)
+    clinical = pd.concat([clinical, rhpc], axis=1)
     truth["y_MG"] = MG_A + MG_B * r + MG_S * rng.standard_normal(n)
     for name, (n_visits, mammogram) in RHPC_ORACLES.items():
         truth[name] = rhpc_oracle(clinical, mu, y, n_visits, truth["y_MG"].to_numpy() if mammogram else None)
+    for column in IMAGED:  # what the mammogram renderer draws, blank in the table or not
+        truth[f"true_{column}"] = imaged[column].to_numpy()
     return clinical, truth, sites

@@ -107,7 +107,8 @@ def _place(location: str, rng: np.random.Generator) -> tuple[float, float, float
 
 
 def sample_patient(record: dict, tumour_volume_ml: float, breast_axes, rng: np.random.Generator) -> MammoPatient:
-    """Attributes from the clinical record (blanks drawn), masses and both breasts' shapes.
+    """Attributes from the patient's record (its ``true_*`` truth values first; blanks drawn, for
+    records from elsewhere), masses and both breasts' shapes.
 
     Every draw happens whether or not the record knows the value, so one known attribute does
     not change what the others become."""
@@ -116,6 +117,8 @@ def sample_patient(record: dict, tumour_volume_ml: float, breast_axes, rng: np.r
              "density": str(rng.choice(list(DENSITY_P), p=list(DENSITY_P.values()))),
              "focality": str(rng.choice(list(FOCALITY_P), p=list(FOCALITY_P.values()))),
              "y_MG": float(rng.standard_normal())}
+    # the truth table's values where the cohort has them (the table may leave them blank)
+    record = {**record, **{k.removeprefix("true_"): v for k, v in record.items() if k.startswith("true_")}}
     laterality = _given(record, "laterality", LATERALITY)
     given = {"laterality": laterality and LATERALITY[laterality],
              "location": _given(record, "tumour_location", LOCATIONS),

@@ -163,10 +163,11 @@ def mg_raw(tmp_path_factory):
     clinical, truth, jobs = patient_jobs(raw, len(RECORDS), 1, 2, "demo")
     plan_mammography(jobs, 1, share=1.0)
     for k, (job, record) in enumerate(zip(jobs, RECORDS)):
-        job["patient"].update(record)
+        true = {f"true_{c}": v for c, v in record.items() if c != "y_MG"}  # what the renderer draws
+        job["patient"].update(record | true)
         write_patient(job)
-        for column, value in record.items():
-            (truth if column == "y_MG" else clinical).loc[k, column] = value
+        for column, value in (record | true).items():
+            (truth if column == "y_MG" or column.startswith("true_") else clinical).loc[k, column] = value
     clinical.to_csv(raw / "clinical.csv", index=False)
     truth.to_csv(raw / "truth.csv", index=False)
     return raw, jobs

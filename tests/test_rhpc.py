@@ -10,7 +10,7 @@ from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
 from preprocessing.cohort import (
-    LINKED, MG_A, MG_B, MG_S, OBS_A, OBS_B, OBS_S, RHPC_COLUMNS, RHPC_ORACLES, oracle_probability,
+    IMAGED, LINKED, MG_A, MG_B, MG_S, OBS_A, OBS_B, OBS_S, RHPC_COLUMNS, RHPC_ORACLES, oracle_probability,
     rhpc_log_likelihood, rhpc_oracle, sample_cohort,
 )
 from preprocessing.schema import UNKNOWN, preset
@@ -43,7 +43,12 @@ def test_existing_columns_of_seed_0_are_unchanged():
     assert _digest(clinical.iloc[:, :N_OLD_CLINICAL]) == "e7c39428a2d6fd4b"
     assert _digest(truth.iloc[:, :N_OLD_TRUTH]) == "86ac752f133b4ff0"
     assert tuple(clinical.columns[N_OLD_CLINICAL:]) == RHPC_COLUMNS
-    assert list(truth.columns[N_OLD_TRUTH:]) == ["y_MG", *RHPC_ORACLES]
+    assert list(truth.columns[N_OLD_TRUTH:]) == ["y_MG", *RHPC_ORACLES, *(f"true_{c}" for c in IMAGED)]
+    # the truth keeps what the table leaves blank
+    for column in IMAGED:
+        known = clinical[column].notna()
+        assert (clinical.loc[known, column] == truth.loc[known, f"true_{column}"]).all()
+        assert truth[f"true_{column}"].notna().all()
 
 
 def test_values_are_the_schema_levels():
