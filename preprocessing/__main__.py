@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     from .parallel import default_workers
-    from .prepare import Options, PrepareError, prepare
+    from .prepare import Options, PrepareError, prepare, pseudonym_salt
     from .schema import SchemaError, load_schema, preset
     from .summary import format_summary, summarize
     from .synth import synthesize
@@ -118,10 +118,11 @@ def main(argv=None) -> int:
                     patient_tag=args.patient_tag, mg_size=args.mg_size)
             print(format_summary(summarize(args.out)))
         elif args.command == "summary":
-            print(format_summary(summarize(args.prepared, args.truth)))
+            datalist = json.loads((args.prepared / "datalist.json").read_text())
+            salt = pseudonym_salt(args.prepared, create=False) if args.truth and datalist.get("pseudonymized") else None
+            print(format_summary(summarize(args.prepared, args.truth, salt)))
         elif args.command == "agreement":
             from .agreement import format_agreement, ftv_agreement
-            from .prepare import pseudonym_salt
 
             datalist = json.loads((args.prepared / "datalist.json").read_text())
             salt = pseudonym_salt(args.prepared, create=False) if datalist.get("pseudonymized") else None

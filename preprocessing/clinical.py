@@ -31,7 +31,7 @@ def read_table(path: Path) -> pd.DataFrame:
         raise ClinicalTableError(f"clinical table not found: {path}")
     try:
         if path.suffix.lower() in (".xlsx", ".xlsm", ".xls"):
-            table = pd.read_excel(path, dtype=object)
+            table = pd.read_excel(path, dtype=object, keep_default_na=False)  # "NA" is text, as in a CSV
         else:
             table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError) as err:
@@ -48,8 +48,9 @@ def read_clinical(path: Path, schema: Schema) -> tuple[dict[str, dict], list[dic
     missing = [c for c in dict.fromkeys(schema.columns()) if c not in table.columns]
     if missing:
         raise ClinicalTableError(f"{path}: missing column(s) {', '.join(missing)} (schema {schema.name})")
-    used = set(schema.columns()) | set(schema.extra.values()) | {schema.site_column}
-    warnings = []
+    used = set(schema.columns()) | set(schema.extra.values())
+    warnings = [f"{Path(path).name}: column {c} (extra of schema {schema.name}) is absent"
+                for c in schema.extra.values() if c not in table.columns]
     ignored = [c for c in table.columns if c not in used]
     if ignored:
         warnings.append(f"{Path(path).name}: {len(ignored)} column(s) not in schema {schema.name} are not used "

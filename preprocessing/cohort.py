@@ -160,10 +160,6 @@ def agent_column(agent: str) -> str:
     return "agent_" + re.sub(r"[^a-z0-9]", "", agent.lower())
 
 
-BINARY_FIELDS = ("HR", "HER2", "MammaPrint", "DRD", "immune", "ER", "PR")
-CATEGORICAL_FIELDS = {"race": RACES, "ethnicity": ETHNICITIES, "BluePrint": BLUEPRINT}
-
-
 def _arm_effect(arm: str, hr: int, her2: int, mp: int, drd: int, immune: int) -> float:
     """Probit-scale treatment effect of an arm for one patient (I-SPY2-like graduations)."""
     effect = {

@@ -354,6 +354,12 @@ def _visit_name(image: dict, rules: DicomRules) -> str | None:
     return None if match is None else match.group(1 if match.re.groups else 0)
 
 
+def _is_exam(series: dict[str, list[dict]]) -> bool:
+    """Whether a study holds original MR images (an MRI exam, even one without a usable DCE)."""
+    return any(i["sop_class"] in MR_STORAGE and i["image_type"][:1] in ((), ("ORIGINAL",))
+               for images in series.values() for i in images[:1])
+
+
 def group_visits(headers: list[dict], rules: DicomRules = DicomRules()):
     """``(patients, skipped)``: patient -> visit -> Visit with the DCE phases of its study, and
     (patient key or "-", visit or "-", reason, count) for what was skipped. Reasons are
@@ -377,14 +383,15 @@ def group_visits(headers: list[dict], rules: DicomRules = DicomRules()):
         phases, segs, reasons = study_dce(series, rules)
         study = Visit(key, visit, first["site"], first["study_date"], {p.key: p for p in phases or []}, segs)
         studied.append((study, reasons))
-        if phases:
+        if phases or _is_exam(series):  # a failed exam keeps its place in the date order
             found[key].append(study)
     patients: dict[str, dict[str, Visit]] = defaultdict(dict)
     for key, visits in found.items():
         claims = defaultdict(list)
         for k, visit in enumerate(sorted(visits, key=lambda v: v.study_date)):
             visit.visit = visit.visit or f"T{k}"
-            claims[visit.visit].append(visit)
+            if visit.phases:
+                claims[visit.visit].append(visit)
         for name, claimed in claims.items():
             if len(claimed) == 1:
                 patients[key][name] = claimed[0]

@@ -8,7 +8,7 @@ vertically centred, nipple side), and min-max normalised to [0, 1] inside the br
 
 Routed here by SOP class (Digital Mammography X-Ray Image Storage; ``dicom_index.group_visits``
 leaves these objects out of the MRI visits). Per patient, each view comes from the latest study
-that has it. A view is excluded, with a one-line reason naming patient and view and never a tag
+that has it on or before the first MRI (later films are follow-up, listed and not used). A view is excluded, with a one-line reason naming patient and view and never a tag
 value, when its file cannot be read, is not MG, lacks a CC/MLO view code or a laterality, carries
 contradicting view or laterality tags, is ambiguous (several images of the view on one date), or
 when the clinical field ``laterality`` names the breast that none of the patient's views shows.
@@ -169,8 +169,10 @@ def process_patient(job: dict) -> dict:
 
 
 def add_mammograms(entries: list[dict], headers: list[dict], patients: dict, public_id, rules: DicomRules,
-                   out: Path, size: tuple[int, int] = MG_SIZE, workers: int = 1) -> list[dict]:
-    """Prepare the mammograms of the datalist's patients, add ``mammograms: {view: path}`` to each
+                   out: Path, first_mri: dict[str, str], size: tuple[int, int] = MG_SIZE,
+                   workers: int = 1) -> list[dict]:
+    """Prepare the pre-treatment mammograms of the datalist's patients (taken on or before their
+    first MRI, ``first_mri``: StudyDate per patient key), add ``mammograms: {view: path}`` to each
     entry that has any, and return the exclusion rows."""
     files, skipped = defaultdict(list), Counter()
     for h in headers:
@@ -182,13 +184,19 @@ def add_mammograms(entries: list[dict], headers: list[dict], patients: dict, pub
         files[_patient_key(h["patient"], rules)].append((h["path"], h["study_date"]))
     by_public = {public_id(pid): pid for pid in patients}
     jobs = []
+    rows = []
     for entry in entries:
         pid = by_public[entry["id"]]
+        later = [f for f in files.get(pid, []) if f[1] > first_mri.get(pid, "")]
+        if later:  # follow-up films are not the pre-treatment mammogram the model is built on
+            rows.append({"id": entry["id"], "visit": "MG",
+                         "reason": f"{len(later)} image(s) taken after the first MRI (not pre-treatment)"})
+            files[pid] = [f for f in files[pid] if f not in later]
         if files.get(pid):
             laterality = str(patients[pid]["clinical"].get("laterality") or "").strip().lower()
             jobs.append({"public_id": entry["id"], "files": sorted(files[pid]), "out": str(out), "size": tuple(size),
                          "laterality": TABLE_LATERALITY.get(laterality)})
-    rows = [{"id": "-", "visit": "-", "reason": f"{reason} (x{n})"} for reason, n in sorted(skipped.items())]
+    rows += [{"id": "-", "visit": "-", "reason": f"{reason} (x{n})"} for reason, n in sorted(skipped.items())]
     views = {}
     for result in parallel_map(process_patient, jobs, workers, "mammograms", "patient"):
         views[result["id"]] = result["views"]

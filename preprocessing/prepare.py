@@ -207,8 +207,6 @@ def dicom_rules(schema: Schema, patient_tag: str | None = None) -> DicomRules:
     unknown = set(spec) - set(DicomRules.__dataclass_fields__)
     if unknown:
         raise PrepareError(f"schema {schema.name}: unknown dicom key(s) {', '.join(sorted(unknown))}")
-    for key in ("series_include", "series_exclude"):
-        spec[key] = tuple(spec.get(key) or ())
     return DicomRules(**{**spec, **({"patient_tag": patient_tag} if patient_tag else {})})
 
 
@@ -275,7 +273,8 @@ def prepare(raw: Path, out: Path, options: Options = Options(), workers: int = 1
     def public_id(pid: str) -> str:
         return pseudonym(pid, salt) if pseudonymize else pid
 
-    exclusions = [dict(e, id=public_id(e["id"])) if e["id"] != "-" else e for e in exclusions]  # table rows
+    listed = {e["id"] for e in exclusions} - {"-"}  # table rows excluded with their reason
+    exclusions = [dict(e, id=public_id(e["id"])) if e["id"] != "-" else e for e in exclusions]
     run_salt = secrets.token_hex(16)
     # series that are not the DCE (SEG, maps, localizers, ...) cost no patient: counted over the
     # cohort; studies or visits that are lost are listed per patient
@@ -284,10 +283,10 @@ def prepare(raw: Path, out: Path, options: Options = Options(), workers: int = 1
         if reason.startswith("skipped series:"):
             routine[reason] += count
             continue
-        pid = "-" if key == "-" else public_id(key) if key in patients else pseudonym(key, run_salt)
+        pid = "-" if key == "-" else public_id(key) if key in patients or key in listed else pseudonym(key, run_salt)
         exclusions.append({"id": pid, "visit": visit, "reason": f"{reason} (x{count})" if count > 1 else reason})
     exclusions += [{"id": "-", "visit": "-", "reason": f"{kind} (x{n})"} for kind, n in sorted(routine.items())]
-    for key in sorted(set(studies) - set(patients)):
+    for key in sorted(set(studies) - set(patients) - listed):
         # the DICOM key may be a record number: never write it, only a digest with a secret
         # per-run salt (a fixed salt would let anyone test guessed record numbers)
         exclusions.append({"id": pseudonym(key, run_salt), "visit": "-",
@@ -311,17 +310,25 @@ def prepare(raw: Path, out: Path, options: Options = Options(), workers: int = 1
         for visit, reason in reasons.items():
             exclusions.append({"id": public_id(pid), "visit": visit, "reason": reason})
         failed = [v for v in options.required_visits if v in reasons]
-        if failed:
-            exclusions.append({"id": public_id(pid), "visit": ",".join(failed),
-                               "reason": f"required visit(s) {', '.join(failed)} could not be processed"})
+        if failed or not results:  # (with no required visit, at least one must work)
+            exclusions.append({"id": public_id(pid), "visit": ",".join(failed or sorted(reasons)),
+                               "reason": f"required visit(s) {', '.join(failed)} could not be processed" if failed
+                               else "no visit could be processed"})
             continue
-        site = patients[pid]["site"] or studies[pid][options.required_visits[0]].site or "unknown"
+        site = patients[pid]["site"] or studies[pid][min(results)].site or "unknown"
         entry = {"id": public_id(pid), "site": str(site), "label": patients[pid]["label"]}
         entry |= {v: f"images/{public_id(pid)}/{v}.nii.gz" for v in sorted(results)}
         entry["ftv_ml"] = {v: results[v]["ftv_ml"] for v in sorted(results)}
+        if options.ftv_source != "pe":  # which rule gave each visit's FTV (a visit may lack the mask)
+            entry["ftv_source"] = {v: results[v]["ftv_source"] for v in sorted(results)}
         entry["clinical"] = patients[pid]["clinical"]
         entries.append(entry)
-    exclusions += add_mammograms(entries, headers, patients, public_id, rules, out, mg_size, workers)
+    first_mri = {pid: min(v.study_date for v in visits.values()) for pid, visits in studies.items()}
+    exclusions += add_mammograms(entries, headers, patients, public_id, rules, out, first_mri, mg_size, workers)
+    fallbacks = sum(source != options.ftv_source for e in entries for source in e.get("ftv_source", {}).values())
+    if fallbacks:
+        log.warning("%d visit(s) had no Analysis Mask: their FTV is the PE rule's (ftv_source in datalist.json)",
+                    fallbacks)
     atomic_write_csv(pd.DataFrame(exclusions, columns=["id", "visit", "reason"]), out / "exclusions.csv")
     if not entries:
         raise PrepareError(f"no patient could be prepared; reasons in {out / 'exclusions.csv'}")

@@ -23,6 +23,7 @@ records the fields (``field_record``) and the bundles build their encoding from 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +48,15 @@ def cell(value) -> str | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = str(value).strip()
+    if re.fullmatch(r"\d+\.0+", text):  # a whole number stored as text by a CSV export: 12345.0
+        text = text.split(".")[0]
     return text or None
+
+
+def shown(text: str) -> str:
+    """``text`` quoted for a message when it is short and holds no digit (a category spelling),
+    else nothing: a mis-mapped column may hold dates or record numbers."""
+    return f" '{text}'" if len(text) <= 40 and not re.search(r"\d", text) else ""
 
 
 def _key(text: str) -> str:
@@ -71,8 +80,9 @@ class Field:
         return list(self.columns.values()) if self.columns else [self.column]
 
     def vocabulary(self) -> list[str]:
-        """Levels in encoding order: the schema's, then ``multiple`` and ``unknown`` if used."""
-        levels = list(self.columns or self.levels)
+        """Levels in encoding order: the schema's, then ``multiple`` and ``unknown`` if used (an
+        ``unknown`` entry in ``levels`` only adds spellings of it, e.g. "Not reported")."""
+        levels = [level for level in (self.columns or self.levels) if level != UNKNOWN]
         if self.multiple:
             levels.append(self.multiple["level"])
         if self.optional and self.type == "category":
@@ -100,8 +110,8 @@ class Field:
             try:
                 number = float(text)
             except ValueError:
-                raise ValueError(f"clinical field '{self.name}' (column {self.column}) is not a number: "
-                                 f"'{text}'") from None
+                raise ValueError(f"clinical field '{self.name}' (column {self.column}) is not a number"
+                                 f"{shown(text)}") from None
             if self.range and not self.range[0] <= number <= self.range[1]:
                 raise ValueError(f"clinical field '{self.name}' out of range {list(self.range)}: {number:g}")
             return int(number) if number.is_integer() else number
@@ -112,15 +122,15 @@ class Field:
             parts = [p.strip() for p in text.split(self.separator) if p.strip()]
             unknown = [p for p in parts if _key(p) not in spellings]
             if unknown:
-                raise ValueError(f"clinical field '{self.name}' (column {self.column}) has unknown value "
-                                 f"'{unknown[0]}'")
+                raise ValueError(f"clinical field '{self.name}' (column {self.column}) has unknown value"
+                                 f"{shown(unknown[0])}")
             return _non_empty(self.name, sorted({spellings[_key(p)] for p in parts}))
         if self.multiple and self.multiple["separator"] in text:
             parts = {spellings.get(_key(p)) for p in text.split(self.multiple["separator"]) if p.strip()}
             if None not in parts:
                 return next(iter(parts)) if len(parts) == 1 else self.multiple["level"]
         if _key(text) not in spellings:
-            raise ValueError(f"clinical field '{self.name}' (column {self.column}) has unknown value '{text}'")
+            raise ValueError(f"clinical field '{self.name}' (column {self.column}) has unknown value{shown(text)}")
         return spellings[_key(text)]
 
     def record(self) -> dict:
@@ -140,7 +150,7 @@ def binary(name: str, value, column: str) -> int:
         return 1
     if text.lower() in FALSE or text in ("0.0",):
         return 0
-    raise ValueError(f"clinical field '{name}' (column {column}) must be 0 or 1, got '{text}'")
+    raise ValueError(f"clinical field '{name}' (column {column}) must be 0 or 1, got{shown(text) or ' another value'}")
 
 
 def _non_empty(name: str, levels: list[str]) -> list[str]:
@@ -167,7 +177,8 @@ class Schema:
 
     def columns(self) -> list[str]:
         """Columns a table must have."""
-        return [self.id_column, self.label_column] + [c for f in self.fields for c in f.source_columns()]
+        site = [self.site_column] if self.site_column else []
+        return [self.id_column, self.label_column, *site] + [c for f in self.fields for c in f.source_columns()]
 
     def field_record(self) -> list[dict]:
         """Encoding order: clinical, subtype, then rhpc fields, each in schema order."""
@@ -192,6 +203,10 @@ def _field(name: str, spec: dict, where: str) -> Field:
     if multiple is not None and (not isinstance(multiple, dict) or set(multiple) != {"separator", "level"}):
         raise SchemaError(f"{where}: field '{name}': multiple needs exactly separator and level")
     levels = {str(k): tuple(str(s) for s in (v or ())) for k, v in (spec.get("levels") or {}).items()}
+    if UNKNOWN in levels and not (spec["type"] == "category" and spec.get("optional")):
+        raise SchemaError(f"{where}: field '{name}': an '{UNKNOWN}' level needs an optional category")
+    if multiple and str(multiple["level"]) in levels:
+        raise SchemaError(f"{where}: field '{name}': multiple.level '{multiple['level']}' is already a level")
     return Field(name, spec["group"], spec["type"], spec.get("column"),
                  {str(k): str(v) for k, v in (spec.get("columns") or {}).items()}, levels,
                  spec.get("separator"), bool(spec.get("optional", False)), multiple,
@@ -218,11 +233,29 @@ def load_schema(path: Path | str) -> Schema:
         raise SchemaError(f"{path}: clinical needs id.column, label.column and fields ({err})") from None
     if "age" not in {f.name for f in fields if f.type == "number"}:
         raise SchemaError(f"{path}: the bundles z-score age: fields need 'age' of type number")
-    dicom = spec.get("dicom") or {}
+    extra = {str(k): str(v) for k, v in (clinical.get("extra") or {}).items()}
+    clash = sorted(set(extra) & {f.name for f in fields})
+    if clash:
+        raise SchemaError(f"{path}: extra name(s) {', '.join(clash)} are also fields")
+    dicom = _dicom(spec.get("dicom") or {}, path)
     return Schema(str(spec.get("name") or path.stem), id_column, label_column, fields,
                   (clinical.get("site") or {}).get("column"), int(id_spec.get("zero_pad") or 0),
-                  clinical.get("table"), {str(k): str(v) for k, v in (clinical.get("extra") or {}).items()},
-                  dict(dicom))
+                  clinical.get("table"), extra, dicom)
+
+
+def _dicom(spec: dict, path: Path) -> dict:
+    """The ``dicom`` section with its pattern lists as tuples, every regular expression compiled."""
+    spec = dict(spec)
+    for key in ("series_include", "series_exclude"):
+        value = spec.get(key) or ()
+        spec[key] = (value,) if isinstance(value, str) else tuple(value)
+    for key, value in spec.items():
+        for pattern in (value if key.startswith("series_") else (value,) if key.endswith("_pattern") else ()):
+            try:
+                re.compile(str(pattern))
+            except re.error as err:
+                raise SchemaError(f"{path}: dicom {key}: not a regular expression ({err})") from None
+    return spec
 
 
 def preset(name: str) -> Schema:

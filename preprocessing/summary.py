@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from .agreement import truth_table
+
 UNKNOWN = "unknown"
-ORACLES = ("p_clinical", "p_t0", "p_t0_t1", "p_t0_t2", "p_rhpc", "p_rhpc_mg", "p_rhpc_mri", "p_rhpc_mg_mri")
 
 
 def availability(datalist: dict) -> pd.DataFrame:
@@ -34,18 +35,17 @@ def availability(datalist: dict) -> pd.DataFrame:
     return table
 
 
-def oracle_aurocs(datalist: dict, truth: Path) -> dict[str, float]:
+def oracle_aurocs(datalist: dict, truth: Path, salt: str | None = None) -> dict[str, float]:
     """AUROC of each oracle probability of ``truth.csv`` over the prepared patients."""
-    table = pd.read_csv(truth, dtype={"id": str}).set_index("id")
+    table = truth_table(truth, datalist, salt)
     ids = [e["id"] for e in datalist["training"]]
-    missing = [i for i in ids if i not in table.index]
-    if missing:
-        raise ValueError(f"{truth}: no row for prepared patient {missing[0]} (pseudonymised ids cannot be matched)")
     labels = [e["label"] for e in datalist["training"]]
-    return {p: round(float(roc_auc_score(labels, table.loc[ids, p])), 3) for p in ORACLES if p in table}
+    oracles = [c for c in table if c.startswith("p_")]  # the oracle probabilities, as synth names them
+    return {p: round(float(roc_auc_score(labels, table.loc[ids, p])), 3) for p in oracles}
 
 
-def summarize(prepared: Path, truth: Path | None = None) -> dict:
+def summarize(prepared: Path, truth: Path | None = None, salt: str | None = None) -> dict:
+    """The summary; with ``truth``, the oracle AUROCs (``salt``: the pseudonym key, if any)."""
     prepared = Path(prepared)
     datalist = json.loads((prepared / "datalist.json").read_text())
     exclusions = pd.read_csv(prepared / "exclusions.csv", keep_default_na=False)
@@ -64,7 +64,7 @@ def summarize(prepared: Path, truth: Path | None = None) -> dict:
         "median_ftv_ml": {v: {("pCR" if k == 1 else "non-pCR"): round(float(x), 2) for k, x in row.items()}
                           for v, row in median.iterrows()},
         "availability": availability(datalist),
-        "oracle_auroc": oracle_aurocs(datalist, truth) if truth else {},
+        "oracle_auroc": oracle_aurocs(datalist, truth, salt) if truth else {},
     }
 
 

@@ -142,6 +142,13 @@ def test_visits_by_study_date_without_tag_or_pattern(tmp_path):
     patients, skipped = discover(tmp_path)
     assert {v: visit.study_date for v, visit in patients["P1"].items()} == {"T0": "20120101", "T1": "20120301"}
     assert skipped == []
+    # a baseline exam without a usable DCE keeps its place: later studies are not renamed
+    study = {"PatientID": "P1", "StudyInstanceUID": uid("early"), "StudyDate": "20111201"}
+    write_series(tmp_path / "early", volumes(2), lambda k: {"TemporalPositionIdentifier": k + 1},
+                 SeriesInstanceUID=uid("early", "dce"), **study)
+    patients, skipped = discover(tmp_path)
+    assert {v: visit.study_date for v, visit in patients["P1"].items()} == {"T1": "20120101", "T2": "20120301"}
+    assert ("P1", "T0", "no dynamic series in study", 1) in skipped
 
 
 def test_hospital_export_selects_the_dynamic_series(tmp_path):
@@ -181,8 +188,8 @@ def test_several_dynamic_series_are_reported_not_merged(tmp_path):
                      SeriesInstanceUID=uid(name), SeriesDescription=name, **study)
     patients, skipped = discover(tmp_path)
     assert patients == {}
-    # a study without one DCE series gets no date-order visit name
-    assert skipped == [("P1", "-", "several candidate dynamic series in study", 1)]
+    # an exam without one DCE series keeps its date-order name, so later visits are not renamed
+    assert skipped == [("P1", "T0", "several candidate dynamic series in study", 1)]
     for rules, chosen in ((DicomRules(series_exclude=("nonfs",)), "dyn_fs"),
                           (DicomRules(series_include=(r"NONFS$",)), "dyn_nonfs")):
         patients, skipped = discover(tmp_path, rules)

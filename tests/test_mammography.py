@@ -277,7 +277,7 @@ def test_no_phi_of_the_mammograms_in_any_output(prepared, mg_raw):
 
 @pytest.fixture(scope="module")
 def damaged(mg_raw, tmp_path_factory):
-    """Patient 1: a view of another modality, one compressed (JPEG 2000); patient 2: a view without
+    """Patient 1: a view of another modality, one compressed (JPEG 2000), a follow-up film; patient 2: a view without
     view code, one with contradicting laterality tags; patient 3: only the breast the table says is
     tumour-free."""
     raw = shutil.copytree(mg_raw[0], tmp_path_factory.mktemp("damaged") / "raw")
@@ -291,6 +291,10 @@ def damaged(mg_raw, tmp_path_factory):
     datasets[1, "L_MLO"].Laterality = "R"
     for (k, view), ds in datasets.items():
         ds.save_as(files[k][view])
+    follow_up = pydicom.dcmread(files[0]["R_MLO"])  # a film taken during treatment: not pre-treatment
+    follow_up.StudyDate, follow_up.StudyInstanceUID = "20990101", pydicom.uid.generate_uid()
+    follow_up.SOPInstanceUID = follow_up.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    follow_up.save_as(files[0]["R_MLO"].with_name("follow_up.dcm"))
     files[2]["L_CC"].unlink()
     files[2]["L_MLO"].unlink()
     schema = preset("synthetic")
@@ -308,6 +312,7 @@ def test_bad_mammograms_are_excluded_with_a_reason(damaged):
     rows = {(r.id, r.visit): r.reason for r in exclusions.itertuples()}
     assert rows == {
         (ids[0], "MG L_CC"): "not a mammogram (modality is not MG)",
+        (ids[0], "MG"): "1 image(s) taken after the first MRI (not pre-treatment)",
         (ids[1], "MG R_?"): "no CC or MLO view code",
         (ids[1], "MG"): "contradicting laterality tags (ImageLaterality, Laterality)",
         (ids[2], "MG R_CC"): "laterality contradicts the clinical table: no view of the left breast, which has the tumour",

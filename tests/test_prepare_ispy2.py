@@ -16,6 +16,7 @@ import pytest
 from preprocessing.agreement import ftv_agreement
 from preprocessing.clinical import pseudonym
 from preprocessing.prepare import Options, prepare
+from preprocessing.summary import summarize
 from preprocessing.synth_ispy2 import synthesize
 
 PATIENTS = 6
@@ -101,6 +102,8 @@ def test_ftv_from_the_collections_analysis_mask(ispy2):
     assert agreement["median_abs_log_ratio"] < 0.01  # the mask's own FTV, counted on its grid
     sidecars = [json.loads(p.read_text()) for p in seg_out.glob("images/*/*.json")]
     assert {s["ftv_source"] for s in sidecars} == {"seg"}
+    datalist = json.loads((seg_out / "datalist.json").read_text())
+    assert {s for e in datalist["training"] for s in e["ftv_source"].values()} == {"seg"}
 
 
 def test_no_phi_in_any_output(ispy2):
@@ -117,3 +120,12 @@ def test_no_phi_in_any_output(ispy2):
     for value in values:
         for name, blob in blobs.items():
             assert value.encode() not in blob, f"PHI value found in {name}"
+
+
+def test_summary_matches_truth_through_the_pseudonyms(ispy2):
+    raw, out, _, truth = ispy2
+    key = (out.parent / "prepared.pseudonym-key").read_text().strip()
+    summary = summarize(out, raw / "truth.csv", salt=key)
+    assert set(summary["oracle_auroc"]) >= {"p_clinical", "p_t0_t1", "p_rhpc", "p_rhpc_mri"}
+    with pytest.raises(ValueError, match="pseudonym key is needed"):
+        summarize(out, raw / "truth.csv")

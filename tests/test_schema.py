@@ -114,3 +114,40 @@ def test_preparation_takes_fields_from_the_schema_not_the_generator():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 assert node.module not in ("cohort", "preprocessing.cohort"), path
+
+
+def test_csv_and_excel_read_alike(tmp_path):
+    """Whole numbers stored as text (12345.0), "NA" and "Not reported" mean the same in both formats."""
+    path = _workbook(tmp_path, [{"Patient_ID": 12345, "Race": "Not reported"}, {"Patient_ID": 23456, "Race": "NA"}])
+    table = pd.read_excel(path, keep_default_na=False).astype({"Patient_ID": float}).astype(str)
+    table.to_csv(tmp_path / "table.csv", index=False)
+    results = [read_clinical(p, preset("ispy2"))[:2] for p in (path, tmp_path / "table.csv")]
+    assert results[0] == results[1]
+    patients, exclusions = results[0]
+    assert patients["012345"]["clinical"]["race"] == "unknown"
+    assert [e["id"] for e in exclusions] == ["023456"]  # "NA" is no spelling of this schema
+    race = next(f for f in preset("ispy2").field_record() if f["name"] == "race")
+    assert race["levels"].count("unknown") == 1
+
+
+def test_values_that_may_be_phi_stay_out_of_reasons(tmp_path):
+    path = _workbook(tmp_path, [{"Patient_ID": 111111, "Age_at_Screening": "1962-03-04"},
+                                {"Patient_ID": 222222, "Race": "MRN 55501"}])
+    _, exclusions, _ = read_clinical(path, preset("ispy2"))
+    reasons = " | ".join(e["reason"] for e in exclusions)
+    assert "1962" not in reasons and "55501" not in reasons
+    assert "'age' (column Age_at_Screening) is not a number" in reasons
+
+
+def test_dicom_section_and_extra_are_checked(tmp_path):
+    base = ("clinical:\n  id: {column: MRN}\n  label: {column: pcr}\n  fields:\n"
+            "    age: {group: clinical, type: number, column: Age}\n")
+    path = tmp_path / "mine.yaml"
+    path.write_text(base + "dicom:\n  series_include: original DCE\n")
+    assert load_schema(path).dicom["series_include"] == ("original DCE",)  # one pattern, not its letters
+    path.write_text(base + "dicom:\n  visit_pattern: 'Visit (T\\d'\n")
+    with pytest.raises(SchemaError, match="dicom visit_pattern: not a regular expression"):
+        load_schema(path)
+    path.write_text(base + "  extra: {age: Age}\n")
+    with pytest.raises(SchemaError, match="extra name\\(s\\) age are also fields"):
+        load_schema(path)

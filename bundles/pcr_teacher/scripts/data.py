@@ -33,8 +33,9 @@ from monai.transforms import (
 )
 
 # Percent enhancement is divided by 100 (PE 70 % -> 0.7) so that the paper's noise sigma of 0.3
-# is on the scale of the signal; the FTV mask stays 0/1.
-CHANNEL_DIVISORS = (100.0, 100.0, 1.0, 1.0)
+# is on the scale of the signal; the FTV mask and SER stay as they are; the subtraction image (in
+# the scanner's signal units, tens to hundreds) is divided by 100 like PE.
+CHANNEL_DIVISORS = (100.0, 100.0, 1.0, 1.0, 100.0)
 WIDTH = {"number": 1, "binary": 1}  # category and multi_hot: one value per level
 GROUPS = ("clinical", "subtype")  # Table 1 of Jing & Wang, in this order
 
