@@ -78,22 +78,28 @@ def site_scanner(k: int, resolution: str, rng: np.random.Generator) -> Scanner:
 
 def acquisition_grid(scanner: Scanner):
     """Slice positions and voxel centres (slices, rows, cols, 3) of a scan covering the FOV."""
-    if scanner.orientation == "axial":
+    return field_grid(scanner.orientation, scanner.pixel_mm, scanner.slice_mm, FOV_MM)
+
+
+def field_grid(orientation: str, pixel_mm: float, slice_mm: float, fov: np.ndarray):
+    """Voxel centres (slices, rows, cols, 3), slice positions and ImageOrientationPatient of an
+    ``axial`` or sagittal acquisition covering ``fov`` (x, y, z extent in mm)."""
+    if orientation == "axial":
         row_dir, col_dir = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
     else:
         row_dir, col_dir = np.array([0, 1.0, 0]), np.array([0, 0, -1.0])
     normal = np.cross(row_dir, col_dir)
-    extent = FOV_MM[:, 1] - FOV_MM[:, 0]
-    n_cols = int(np.ceil(abs(row_dir @ extent) / scanner.pixel_mm))
-    n_rows = int(np.ceil(abs(col_dir @ extent) / scanner.pixel_mm))
-    n_slices = int(np.ceil(abs(normal @ extent) / scanner.slice_mm))
+    extent = fov[:, 1] - fov[:, 0]
+    n_cols = int(np.ceil(abs(row_dir @ extent) / pixel_mm))
+    n_rows = int(np.ceil(abs(col_dir @ extent) / pixel_mm))
+    n_slices = int(np.ceil(abs(normal @ extent) / slice_mm))
     # the corner voxel sits at the FOV end each axis starts from
-    start = np.where(row_dir + col_dir + normal > 0, FOV_MM[:, 0], FOV_MM[:, 1])
-    corner = start + (row_dir + col_dir) * scanner.pixel_mm / 2 + normal * scanner.slice_mm / 2
+    start = np.where(row_dir + col_dir + normal > 0, fov[:, 0], fov[:, 1])
+    corner = start + (row_dir + col_dir) * pixel_mm / 2 + normal * slice_mm / 2
     k, i, j = np.meshgrid(np.arange(n_slices), np.arange(n_rows), np.arange(n_cols), indexing="ij")
-    points = (corner + k[..., None] * scanner.slice_mm * normal + i[..., None] * scanner.pixel_mm * col_dir
-              + j[..., None] * scanner.pixel_mm * row_dir)
-    positions = corner + np.arange(n_slices)[:, None] * scanner.slice_mm * normal
+    points = (corner + k[..., None] * slice_mm * normal + i[..., None] * pixel_mm * col_dir
+              + j[..., None] * pixel_mm * row_dir)
+    positions = corner + np.arange(n_slices)[:, None] * slice_mm * normal
     return points, positions, np.concatenate([row_dir, col_dir])
 
 

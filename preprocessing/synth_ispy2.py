@@ -109,7 +109,7 @@ from .atomic import atomic_path, atomic_write_csv, atomic_write_json
 from .cohort import VISIT_WEEKS, VISITS, agent_column, sample_cohort
 from .parallel import parallel_map
 from .phantom import CHEST_FOV_MM, FOV_MM, Anatomy, render_phases, tissue_fractions
-from .synth import FULL_RESOLUTION, _clock, _uid
+from .synth import FULL_RESOLUTION, _clock, _uid, field_grid
 
 COLLECTION = "ISPY2"
 WORKBOOK = "ISPY2_clinical.xlsx"
@@ -199,24 +199,12 @@ def phase_times(protocol: SiteProtocol) -> tuple[np.ndarray, np.ndarray]:
     return from_start, from_start - (d + INJECTION_DELAY_S)
 
 
-def field_grid(protocol: SiteProtocol):
-    """Voxel centres (slices, rows, cols, 3), slice positions and ImageOrientationPatient."""
-    if protocol.bilateral:  # axial, both breasts and the chest
-        fov, row_dir, col_dir = CHEST_FOV_MM, np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
-    else:  # sagittal, the tumour breast only
-        fov, row_dir, col_dir = FOV_MM, np.array([0, 1.0, 0]), np.array([0, 0, -1.0])
-    normal = np.cross(row_dir, col_dir)
-    extent = fov[:, 1] - fov[:, 0]
-    n_cols = int(np.ceil(abs(row_dir @ extent) / protocol.pixel_mm))
-    n_rows = int(np.ceil(abs(col_dir @ extent) / protocol.pixel_mm))
-    n_slices = int(np.ceil(abs(normal @ extent) / protocol.slice_mm))
-    start = np.where(row_dir + col_dir + normal > 0, fov[:, 0], fov[:, 1])
-    corner = start + (row_dir + col_dir) * protocol.pixel_mm / 2 + normal * protocol.slice_mm / 2
-    k, i, j = np.meshgrid(np.arange(n_slices), np.arange(n_rows), np.arange(n_cols), indexing="ij")
-    points = (corner + k[..., None] * protocol.slice_mm * normal + i[..., None] * protocol.pixel_mm * col_dir
-              + j[..., None] * protocol.pixel_mm * row_dir)
-    positions = corner + np.arange(n_slices)[:, None] * protocol.slice_mm * normal
-    return points, positions, np.concatenate([row_dir, col_dir])
+def protocol_grid(protocol: SiteProtocol):
+    """The acquisition grid of a site: axial over both breasts and the chest, else sagittal over
+    the tumour's breast."""
+    if protocol.bilateral:
+        return field_grid("axial", protocol.pixel_mm, protocol.slice_mm, CHEST_FOV_MM)
+    return field_grid("sagittal", protocol.pixel_mm, protocol.slice_mm, FOV_MM)
 
 
 # ---------------------------------------------------------------- kinetic maps and the mask
@@ -651,7 +639,7 @@ def write_patient(job: dict) -> dict:
     anatomy = Anatomy.sample(patient["y_T0"], rng, bilateral=protocol.bilateral)
     shifts = rng.uniform(-4, 4, size=(len(VISITS), 3))
     cumulative = np.cumsum([0.0, patient["y_T1"], patient["y_T2"], patient["y_T3"]])
-    points, positions, orientation = field_grid(protocol)
+    points, positions, orientation = protocol_grid(protocol)
     voxel_ml = protocol.pixel_mm ** 2 * protocol.slice_mm / 1000.0
     from_start, after_injection = phase_times(protocol)
     early = int(np.argmin(np.abs(after_injection - EARLY_S)))
