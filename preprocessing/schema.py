@@ -113,7 +113,7 @@ class Field:
                 raise ValueError(f"clinical field '{self.name}' (column {self.column}) is not a number"
                                  f"{shown(text)}") from None
             if self.range and not self.range[0] <= number <= self.range[1]:
-                raise ValueError(f"clinical field '{self.name}' out of range {list(self.range)}: {number:g}")
+                raise ValueError(f"clinical field '{self.name}' (column {self.column}) out of range {list(self.range)}")
             return int(number) if number.is_integer() else number
         if self.type == "binary":
             return binary(self.name, text, self.column)

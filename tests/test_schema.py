@@ -53,7 +53,7 @@ def test_ispy2_workbook_spellings_blanks_and_multi_race(tmp_path):
     ({"HR": "maybe"}, "clinical field 'HR' (column HR) must be 0 or 1, got 'maybe'"),
     ({"pCR": None}, "clinical field 'label' (column pCR) is missing"),
     ({"Race": "Martian"}, "clinical field 'race' (column Race) has unknown value 'Martian'"),
-    ({"Age_at_Screening": 4}, "clinical field 'age' out of range"),
+    ({"Age_at_Screening": 4}, "clinical field 'age' (column Age_at_Screening) out of range [10, 110]"),
 ])
 def test_required_fields_and_unknown_spellings_exclude_with_the_reason(tmp_path, row, reason):
     path = _workbook(tmp_path, [{"Patient_ID": 111111}, {"Patient_ID": 222222, **row}])
