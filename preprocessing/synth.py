@@ -11,17 +11,17 @@ layout and case mix.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from pydicom import config as pydicom_config
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import MRImageStorage
 
 from .atomic import atomic_write_csv
 from .cohort import VISIT_WEEKS, VISITS, sample_cohort
+from .dicom_writing import dicom_uid, new_dataset, opaque_name
 from .parallel import parallel_map
 from .phantom import FOV_MM, Anatomy, render_phases
 from .synth_mammo import MAMMOGRAPHY_SHARE, plan_mammography, write_mammograms
@@ -103,14 +103,6 @@ def field_grid(orientation: str, pixel_mm: float, slice_mm: float, fov: np.ndarr
     return points, positions, np.concatenate([row_dir, col_dir])
 
 
-def _uid(*parts) -> str:
-    return generate_uid(entropy_srcs=[str(p) for p in parts])
-
-
-def _opaque(*parts) -> str:
-    return hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:10]
-
-
 def _clock(seconds: float) -> str:
     seconds = seconds % 86400
     return f"{int(seconds // 3600):02d}{int(seconds % 3600 // 60):02d}{seconds % 60:09.6f}"
@@ -138,7 +130,7 @@ def write_patient(job: dict) -> int:
         "PatientBirthDate": (baseline_date - dt.timedelta(days=int(patient["age"] * 365.25))).strftime("%Y%m%d"),
     }
     n_files = 0
-    patient_dir = out / patient["site"] / _opaque(job["seed"], "patient")
+    patient_dir = out / patient["site"] / opaque_name(job["seed"], "patient")
     points, positions, orientation = acquisition_grid(scanner)
     for v, visit in enumerate(VISITS):
         times = [-30.0] + [scanner.phase_interval_s * (p + 0.5) + 20 for p in range(scanner.n_post)]
@@ -150,25 +142,25 @@ def write_patient(job: dict) -> int:
         study = {
             **phi,
             "AccessionNumber": f"{rng.integers(10**8, 10**9)}",
-            "StudyInstanceUID": _uid(job["seed"], visit),
+            "StudyInstanceUID": dicom_uid(job["seed"], visit),
             "StudyDate": date.strftime("%Y%m%d"),
             "ClinicalTrialTimePointID": visit,
             "ClinicalTrialSubjectID": patient["id"],
             "ClinicalTrialSiteID": patient["site"],
-            "FrameOfReferenceUID": _uid(job["seed"], visit, "frame"),
+            "FrameOfReferenceUID": dicom_uid(job["seed"], visit, "frame"),
         }
-        study_dir = patient_dir / _opaque(job["seed"], visit)
+        study_dir = patient_dir / opaque_name(job["seed"], visit)
         slice_order = rng.permutation(len(positions))  # file numbering unrelated to position
         if visit not in job["visits"]:  # not imaged: rendered all the same, so later visits do not change
             continue
         for p, (t, volume) in enumerate(zip(times, phases)):
             series_key = p if scanner.one_series_per_phase else 0
             series = {
-                "SeriesInstanceUID": _uid(job["seed"], visit, "series", series_key),
+                "SeriesInstanceUID": dicom_uid(job["seed"], visit, "series", series_key),
                 "SeriesNumber": 1000 + series_key,
                 "SeriesDescription": f"DCE {'phase ' + str(p) if scanner.one_series_per_phase else 'dynamic'}",
             }
-            series_dir = study_dir / _opaque(job["seed"], visit, series_key)
+            series_dir = study_dir / opaque_name(job["seed"], visit, series_key)
             series_dir.mkdir(parents=True, exist_ok=True)
             ds = _series_dataset(scanner, study, series, orientation, p, len(times), t, bolus_clock,
                                  volume.shape[1:])
@@ -178,7 +170,7 @@ def write_patient(job: dict) -> int:
                 # one header per series; only the per-slice elements change
                 ds.ImagePositionPatient = [round(float(c), 4) for c in positions[k]]
                 ds.InstanceNumber = p * 1000 + k + 1
-                ds.SOPInstanceUID = _uid(job["seed"], visit, p, k)
+                ds.SOPInstanceUID = dicom_uid(job["seed"], visit, p, k)
                 ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
                 ds.PixelData = stored[k].tobytes()
                 number = slice_order[k] + 1 + p * len(positions)
@@ -190,12 +182,7 @@ def write_patient(job: dict) -> int:
 def _series_dataset(scanner: Scanner, study: dict, series: dict, orientation, phase: int,
                     n_phases: int, t: float, bolus_clock: float, shape) -> Dataset:
     """Header shared by all slices of one phase."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = MRImageStorage
+    ds = new_dataset(MRImageStorage)
     ds.Modality = "MR"
     ds.Manufacturer = scanner.manufacturer
     ds.MagneticFieldStrength = 1.5

@@ -89,7 +89,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from pydicom import config as pydicom_config
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -109,7 +109,8 @@ from .atomic import atomic_path, atomic_write_csv, atomic_write_json
 from .cohort import VISIT_WEEKS, VISITS, agent_column, sample_cohort
 from .parallel import parallel_map
 from .phantom import CHEST_FOV_MM, FOV_MM, Anatomy, render_phases, tissue_fractions
-from .synth import FULL_RESOLUTION, _clock, _uid, field_grid
+from .dicom_writing import dicom_uid, new_dataset
+from .synth import FULL_RESOLUTION, _clock, field_grid
 
 COLLECTION = "ISPY2"
 WORKBOOK = "ISPY2_clinical.xlsx"
@@ -295,18 +296,9 @@ def encode_pixels(ds: Dataset, stored: np.ndarray, syntax: str) -> None:
         ds.compress(syntax, stored, generate_instance_uid=False)
 
 
-def _file_meta(sop_class: str) -> FileMetaDataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return meta
-
-
 def _header(sop_class: str, study: dict, series: dict, protocol: SiteProtocol) -> Dataset:
     """Patient, study, series and equipment elements shared by a series' files."""
-    ds = Dataset()
-    ds.file_meta = _file_meta(sop_class)
-    ds.SOPClassUID = sop_class
+    ds = new_dataset(sop_class)
     ds.Modality = "MR"
     ds.Manufacturer = protocol.manufacturer
     ds.BodyPartExamined = "BREAST"
@@ -381,7 +373,7 @@ def _write_single_frames(writer: SeriesWriter, ds: Dataset, stored: np.ndarray, 
     for f in range(len(stored)):
         ds.ImagePositionPatient = [round(float(c), 4) for c in positions[f]]
         ds.InstanceNumber = instance_of(f) if instance_of else f + 1
-        ds.SOPInstanceUID = _uid(*uid_parts, f)
+        ds.SOPInstanceUID = dicom_uid(*uid_parts, f)
         if per_slice:
             per_slice(ds, f)
         encode_pixels(ds, stored[f], syntax)
@@ -398,7 +390,7 @@ def _write_dce(writer: SeriesWriter, job: dict, visit: str, stored: np.ndarray, 
     from_start, _ = phase_times(protocol)
     laterality = "bi-lateral" if protocol.bilateral else "uni-lateral cropped"
     series = {
-        "SeriesInstanceUID": _uid(seed, visit, "dce"), "SeriesNumber": protocol.dce_series_number,
+        "SeriesInstanceUID": dicom_uid(seed, visit, "dce"), "SeriesNumber": protocol.dce_series_number,
         "SeriesDescription": f"ISPY2: VOLSER: {laterality}: original DCE",
         "SeriesTime": _clock(start_clock), "ContrastBolusAgent": "Gd-DTPA",
         "ContrastBolusStartTime": _clock(bolus_clock), "ContrastBolusRoute": "IV",
@@ -447,7 +439,7 @@ def _write_dce(writer: SeriesWriter, job: dict, visit: str, stored: np.ndarray, 
     for k in range(n_slices):
         src = copy.deepcopy(template)
         src.ImagePositionPatient = [round(float(c), 4) for c in positions[k]]
-        src.SOPInstanceUID = _uid(seed, visit, "dce", k)
+        src.SOPInstanceUID = dicom_uid(seed, visit, "dce", k)
         src.InstanceNumber = instance_of(k)
         sources.append(src)
     return n, sources
@@ -459,7 +451,7 @@ def _enhanced_dce(writer: SeriesWriter, job: dict, visit: str, series: dict, sto
     protocol, seed = job["protocol"], job["seed"]
     n_phases, n_slices = stored.shape[:2]
     ds = _header(EnhancedMRImageStorage, writer.study, series, protocol)
-    ds.SOPInstanceUID = _uid(seed, visit, "dce", "enhanced")
+    ds.SOPInstanceUID = dicom_uid(seed, visit, "dce", "enhanced")
     ds.InstanceNumber = 1
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
     ds.FrameOfReferenceUID = writer.study_frame
@@ -471,7 +463,7 @@ def _enhanced_dce(writer: SeriesWriter, job: dict, visit: str, series: dict, sto
     ds.ImageComments = "DCE"
     _image_pixels(ds, *stored.shape[2:])
     ds.NumberOfFrames = n_phases * n_slices
-    dim_uid = _uid(seed, visit, "dimension")
+    dim_uid = dicom_uid(seed, visit, "dimension")
     ds.DimensionOrganizationSequence = Sequence([Dataset()])
     ds.DimensionOrganizationSequence[0].DimensionOrganizationUID = dim_uid
     dims = []
@@ -529,7 +521,7 @@ def _write_map(writer: SeriesWriter, job: dict, visit: str, name: str, number: i
     """A derived kinetic map on the DCE grid (stored = (value - intercept) / slope)."""
     protocol, seed = job["protocol"], job["seed"]
     laterality = "bi-lateral" if protocol.bilateral else "uni-lateral cropped"
-    series = {"SeriesInstanceUID": _uid(seed, visit, name), "SeriesNumber": number,
+    series = {"SeriesInstanceUID": dicom_uid(seed, visit, name), "SeriesNumber": number,
               "SeriesDescription": f"ISPY2: VOLSER: {laterality}: {name}"}
     ds = _header(MRImageStorage, writer.study, series, protocol)
     ds.ImageType = ["DERIVED", "PRIMARY", name]
@@ -561,7 +553,7 @@ def _write_localizer(writer: SeriesWriter, job: dict, visit: str, anatomy: Anato
         corners.append(pts[0, 0])
     image = render_phases(anatomy, np.stack(points) - shift, pixel, 0.0, [-30.0], protocol.gain,
                           protocol.noise_sd, rng)[0]
-    series = {"SeriesInstanceUID": _uid(seed, visit, "localizer"), "SeriesNumber": 1,
+    series = {"SeriesInstanceUID": dicom_uid(seed, visit, "localizer"), "SeriesNumber": 1,
               "SeriesDescription": "3-Plane Loc"}
     ds = _header(MRImageStorage, writer.study, series, protocol)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
@@ -606,8 +598,8 @@ def _write_seg(writer: SeriesWriter, job: dict, visit: str, mask: np.ndarray, so
         source_images=sources, pixel_array=mask.astype(np.float32) / 255.0,
         segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
         fractional_type=hd.seg.SegmentationFractionalTypeValues.OCCUPANCY, max_fractional_value=255,
-        segment_descriptions=[description], series_instance_uid=_uid(seed, visit, "mask"),
-        series_number=protocol.dce_series_number * 10000 + 2001, sop_instance_uid=_uid(seed, visit, "mask", 0),
+        segment_descriptions=[description], series_instance_uid=dicom_uid(seed, visit, "mask"),
+        series_number=protocol.dce_series_number * 10000 + 2001, sop_instance_uid=dicom_uid(seed, visit, "mask", 0),
         instance_number=1, manufacturer="UCSF BIRP", manufacturer_model_name="AEGIS VOLSER",
         software_versions="1.0", device_serial_number="0", content_label="ANALYSIS_MASK",
         content_description="0=FTV; 1 PE<70%, 2 connectivity, 4 bkg, 8 outside VOI, 16 OMIT",
@@ -675,13 +667,13 @@ def write_patient(job: dict) -> dict:
         start_clock = study_clock + float(rng.uniform(300, 900))
         bolus_clock = start_clock + float(rng.uniform(-10, 90))
         accession = f"{rng.integers(10**9, 10**10)}"
-        study = {**phi, "StudyInstanceUID": _uid(job["seed"], visit, "study"), "StudyDate": date,
+        study = {**phi, "StudyInstanceUID": dicom_uid(job["seed"], visit, "study"), "StudyDate": date,
                  "StudyTime": _clock(study_clock), "StudyDescription": f"ISPY2_MRI_{visit}",
                  "AccessionNumber": accession, "SeriesDate": date, "AcquisitionDate": date,
                  "ContentDate": date}
         study_uid = study["StudyInstanceUID"]
         study_dir = patient_dir / (f"{dates[v]:%m-%d-%Y}-NA-ISPY2MRI{visit}-{study_uid[-5:]}")
-        writer = SeriesWriter(study_dir, study, _uid(job["seed"], visit, "frame"), protocol, rng)
+        writer = SeriesWriter(study_dir, study, dicom_uid(job["seed"], visit, "frame"), protocol, rng)
         n = _write_localizer(writer, job, visit, anatomy, shifts[v], syntax, rng)
         dce_n, sources = _write_dce(writer, job, visit, stored, positions, orientation, syntax,
                                     start_clock, bolus_clock)

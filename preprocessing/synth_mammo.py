@@ -18,15 +18,16 @@ attenuation follows their chord length. The patient's clinical record places the
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import DigitalMammographyXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import DigitalMammographyXRayImageStorageForPresentation
 from scipy.ndimage import gaussian_filter, zoom
+
+from .dicom_writing import dicom_uid, new_dataset, opaque_name
 
 VIEWS = (("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO"))
 VIEW_CODES = {"CC": ("399162004", "cranio-caudal"), "MLO": ("399368009", "medio-lateral oblique")}
@@ -239,14 +240,6 @@ def patient_mammography(job: dict, anatomy) -> tuple[MammoPatient, np.random.Gen
     return sample_patient(job["patient"], anatomy.tumour_volume_ml, anatomy.breast_axes, rng), rng
 
 
-def _uid(*parts) -> str:
-    return generate_uid(entropy_srcs=[str(p) for p in parts])
-
-
-def _folder(*parts) -> str:
-    return hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:10]
-
-
 def write_mammograms(job: dict, anatomy, phi: dict, baseline_date: dt.date, patient_dir: Path) -> int:
     """The four views of a screening study a few days before the first MRI (which lies within 3 days
     of ``baseline_date``), with the MRI's patient tags and PHI and an accession number of its own;
@@ -261,43 +254,38 @@ def write_mammograms(job: dict, anatomy, phi: dict, baseline_date: dt.date, pati
         **phi,
         "PatientSex": "F",
         "AccessionNumber": f"{rng.integers(10**8, 10**9)}",
-        "StudyInstanceUID": _uid(seed, "MG"),
+        "StudyInstanceUID": dicom_uid(seed, "MG"),
         "StudyDate": date.strftime("%Y%m%d"),
         "StudyTime": f"{int(rng.integers(8, 17)):02d}{int(rng.integers(0, 60)):02d}00",
         "StudyDescription": "MAMMO SCREENING BILAT",
         "ClinicalTrialTimePointID": "SCREENING",  # before T0: no MRI visit claims it
         "ClinicalTrialSubjectID": record["id"],
         "ClinicalTrialSiteID": record["site"],
-        "FrameOfReferenceUID": _uid(seed, "MG", "frame"),
+        "FrameOfReferenceUID": dicom_uid(seed, "MG", "frame"),
     }
-    study_dir = patient_dir / _folder(seed, "MG")
+    study_dir = patient_dir / opaque_name(seed, "MG")
     for number, (side, view) in enumerate(VIEWS, start=1):
         ds = _view_dataset(study, side, view, number, pixel_mm, seed, rng)
         pixels = render_view(patient, side, view, pixel_mm)
         ds.Rows, ds.Columns = pixels.shape
         ds.PixelData = pixels.tobytes()
-        folder = study_dir / _folder(seed, "MG", side, view)
+        folder = study_dir / opaque_name(seed, "MG", side, view)
         folder.mkdir(parents=True, exist_ok=True)
-        ds.save_as(folder / f"{_folder(seed, 'MG', number)}.dcm", enforce_file_format=True)
+        ds.save_as(folder / f"{opaque_name(seed, 'MG', number)}.dcm", enforce_file_format=True)
     return len(VIEWS)
 
 
 def _view_dataset(study: dict, side: str, view: str, number: int, pixel_mm: float, seed: int,
                   rng: np.random.Generator) -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalMammographyXRayImageStorageForPresentation
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = DigitalMammographyXRayImageStorageForPresentation
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID = _uid(seed, "MG", side, view, "image")
+    ds = new_dataset(DigitalMammographyXRayImageStorageForPresentation)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = dicom_uid(seed, "MG", side, view, "image")
     ds.Modality = "MG"
     ds.PresentationIntentType = "FOR PRESENTATION"
     ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
     ds.Manufacturer, ds.ManufacturerModelName = "HOLOGIC, Inc.", "Selenia Dimensions"
     for key, value in study.items():
         setattr(ds, key, value)
-    ds.SeriesInstanceUID = _uid(seed, "MG", side, view)
+    ds.SeriesInstanceUID = dicom_uid(seed, "MG", side, view)
     ds.SeriesNumber, ds.InstanceNumber = number, 1
     ds.SeriesDescription = f"{side} {view}"
     ds.BodyPartExamined = "BREAST"
