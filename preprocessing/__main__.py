@@ -8,7 +8,16 @@ import logging
 import sys
 from pathlib import Path
 
+from .mammography import MG_SIZE
 from .synth_mammo import MAMMOGRAPHY_SHARE
+
+
+def _salt(prepared: Path) -> str | None:
+    """The pseudonym key of a prepared cohort, None when its ids are not pseudonyms."""
+    from .prepare import pseudonym_salt
+
+    datalist = json.loads((prepared / "datalist.json").read_text())
+    return pseudonym_salt(prepared, create=False) if datalist.get("pseudonymized") else None
 
 
 def _mg_size(text: str) -> tuple[int, int]:
@@ -64,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--pseudonymize", choices=("auto", "yes", "no"), default="auto",
                       help="replace study ids by salted hashes; auto: when the patient key is PatientID "
                            "(salt: $PCR_PSEUDONYM_SALT, else a key file written beside --out)")
-    prep.add_argument("--mg-size", type=_mg_size, default=(128, 64), metavar="ROWS,COLUMNS",
+    prep.add_argument("--mg-size", type=_mg_size, default=MG_SIZE, metavar="ROWS,COLUMNS",
                       help="size of the prepared mammograms (the paper's 1024,512 on a GPU)")
 
     summary = sub.add_parser("summary", help="print the summary of a prepared cohort")
@@ -89,7 +98,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     from .parallel import default_workers
-    from .prepare import Options, PrepareError, prepare, pseudonym_salt
+    from .prepare import Options, PrepareError, prepare
     from .schema import SchemaError, load_schema, preset
     from .summary import format_summary, summarize
     from .synth import synthesize
@@ -118,15 +127,12 @@ def main(argv=None) -> int:
                     patient_tag=args.patient_tag, mg_size=args.mg_size)
             print(format_summary(summarize(args.out)))
         elif args.command == "summary":
-            datalist = json.loads((args.prepared / "datalist.json").read_text())
-            salt = pseudonym_salt(args.prepared, create=False) if args.truth and datalist.get("pseudonymized") else None
+            salt = _salt(args.prepared) if args.truth else None
             print(format_summary(summarize(args.prepared, args.truth, salt)))
         elif args.command == "agreement":
             from .agreement import format_agreement, ftv_agreement
 
-            datalist = json.loads((args.prepared / "datalist.json").read_text())
-            salt = pseudonym_salt(args.prepared, create=False) if datalist.get("pseudonymized") else None
-            print(format_agreement(ftv_agreement(args.prepared, args.truth, args.column, salt)))
+            print(format_agreement(ftv_agreement(args.prepared, args.truth, args.column, _salt(args.prepared))))
         elif args.command == "bench":
             from .bench import run_benchmark
 

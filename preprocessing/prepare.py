@@ -167,8 +167,8 @@ def _scan_chunk(args):
 
 
 def discover(raw: Path, workers: int, rules: DicomRules, clinical: Path | None = None):
-    """Headers of every DICOM object under ``raw/dicom`` (or ``raw``), and the files skipped
-    (the clinical table and ``truth.csv`` are not scanned)."""
+    """Headers of every DICOM object under ``raw/dicom`` (or ``raw``), and why each other file was
+    skipped (the clinical table and ``truth.csv`` are not scanned)."""
     root = raw / "dicom" if (raw / "dicom").is_dir() else raw
     tables = {Path(clinical).resolve()} if clinical else set()
     paths = sorted(p for p in root.rglob("*") if p.is_file() and p.name not in ("clinical.csv", "truth.csv")
@@ -182,7 +182,7 @@ def discover(raw: Path, workers: int, rules: DicomRules, clinical: Path | None =
         skipped += s
     if not headers:
         raise PrepareError(f"no DICOM images under {root} ({len(skipped)} other files)")
-    return headers, [(os.path.relpath(p, raw), why) for p, why in skipped]
+    return headers, [why for _, why in skipped]
 
 
 def assign_folds(ids: list[str], labels: list[int], sites: list[str], seed: int) -> dict[str, int]:
@@ -259,7 +259,7 @@ def prepare(raw: Path, out: Path, options: Options = Options(), workers: int = 1
                     len(skipped), raw)
     # counted by kind: file names and exception texts may carry patient names or tag values
     exclusions += [{"id": "-", "visit": "-", "reason": f"not a DICOM object ({kind}): {n} file(s)"}
-                   for kind, n in sorted(Counter(why.split(":")[0] for _, why in skipped).items())]
+                   for kind, n in sorted(Counter(why.split(":")[0] for why in skipped).items())]
     studies, skipped_series = group_visits(headers, rules)
     if pseudonymize is None:
         pseudonymize = any(h["key_tag"] == "PatientID" for h in headers)

@@ -11,8 +11,8 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from .agreement import truth_table
+from .schema import UNKNOWN
 
-UNKNOWN = "unknown"
 
 
 def availability(datalist: dict) -> pd.DataFrame:
