@@ -1,4 +1,4 @@
-"""``python -m evaluation {cv,holdout,benchmark,report,bench}``: train and test the bundles'
+"""``python -m evaluation {cv,holdout,benchmark,report,bench,ceiling}``: train and test the bundles'
 methods on a prepared cohort, and report their statistics."""
 
 from __future__ import annotations
@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--teacher-features", type=Path, default=None, help="pcr_dualtask: teacher representations")
     bench.add_argument("--val-fold", type=int, default=3)
     bench.add_argument("--test-fold", type=int, default=4, help="its patients are timed for inference latency")
+    ceiling = sub.add_parser("ceiling", help="synthetic cohorts: regressions on the measured FTV and on the generator's "
+                                             "exact image quantities beside the oracles (what a fitted model can reach)")
+    ceiling.add_argument("--data", type=Path, required=True, help="prepared cohort (datalist.json)")
+    ceiling.add_argument("--truth", type=Path, required=True, help="truth.csv of the synthetic cohort")
+    ceiling.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the CIs")
     return parser
 
 
@@ -88,6 +93,16 @@ def main(argv: list[str] | None = None) -> int:
 
         print(run_bench(args.data.resolve(), args.bundle, args.profile, args.epochs, args.rounds, args.teacher_features,
                         args.val_fold, args.test_fold))
+        return 0
+    if args.command == "ceiling":
+        from .ceiling import ceiling_table
+
+        try:
+            table = ceiling_table(args.data, args.truth, args.resamples)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:

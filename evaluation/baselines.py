@@ -62,8 +62,8 @@ def feature_table(entries: list[dict], clinical_fields: list[dict], features: st
 
 
 def pipeline(table: pd.DataFrame, age_index: int) -> Pipeline:
-    """Age and FTV features z-scored, the 0/1 codes as they are; then a logistic regression."""
-    scaled = [f"clinical_{age_index}"] + [c for c in table if c.startswith("log_ftv")]
+    """Age and the image features z-scored, the 0/1 codes as they are; then a logistic regression."""
+    scaled = [c for c in table if c == f"clinical_{age_index}" or not c.startswith("clinical_")]
     encode = ColumnTransformer([("scaled", StandardScaler(), scaled)], remainder="passthrough")
     return Pipeline([("encode", encode), ("model", LogisticRegression(max_iter=1000))])
 
