@@ -218,3 +218,18 @@ class IMGrhpc(_ImageRhpcNet):
     def forward(self, image: torch.Tensor, view_mask: Optional[torch.Tensor] = None,
                 rhpc_index: Optional[torch.Tensor] = None, age: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.outputs(image, view_mask, rhpc_index, age)["pred"]
+
+
+def mrp_network(model: str, clinical_fields: Sequence[dict], widen_factor: float = 1.0, embed_dim: int = 32,
+                time_embedding: bool = True, knowledge_predictor: bool = True, in_channels: int = 1,
+                age_stats: Sequence[float] = (0.0, 1.0)) -> nn.Module:
+    """The network of ``model`` (``rhpc``: ``RhpcNet``, ``imr``: ``IMRrhpc``, ``img``: ``IMGrhpc``)
+    with the settings that apply to it (the bundle's ``model`` selector)."""
+    if model == "rhpc":
+        return RhpcNet(clinical_fields, embed_dim, age_stats=age_stats)
+    if model == "imr":
+        return IMRrhpc(clinical_fields, in_channels, widen_factor, embed_dim, time_embedding, knowledge_predictor,
+                       age_stats)
+    if model == "img":
+        return IMGrhpc(clinical_fields, in_channels, widen_factor, embed_dim, knowledge_predictor, age_stats)
+    raise ValueError(f"model must be one of rhpc, imr, img, got {model!r}")
