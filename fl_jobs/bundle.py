@@ -6,6 +6,7 @@ every client trains its own copy and writes its own ``models/``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -52,3 +53,18 @@ def network(bundle: str, config_files: list[str], overrides: dict):
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     return parser.get_parsed_content("network_def")
+
+
+def best_checkpoint(root: str, config_files: list[str], overrides: dict) -> str:
+    """Where the bundle's training keeps its best model: ``save_dir`` / ``key_metric_filename`` of
+    the ``CheckpointSaver`` in ``validate#handlers`` that saves by the key metric (``model.pt``
+    of the pCR bundles, ``model_<model>.pt`` of the fusion bundle's networks)."""
+    parser = ConfigParser()
+    parser.read_config([os.path.join(root, f) for f in config_files])
+    parser.update({**overrides, "bundle_root": root})
+    for i, handler in enumerate(parser.get("validate#handlers") or []):
+        if "CheckpointSaver" in str(handler.get("_target_", "")) and handler.get("save_key_metric"):
+            where = f"validate#handlers#{i}#"
+            return os.path.join(parser.get_parsed_content(where + "save_dir"),
+                                parser.get_parsed_content(where + "key_metric_filename"))
+    raise ValueError(f"{root}: no CheckpointSaver of the key metric in validate#handlers of {', '.join(config_files)}")

@@ -7,7 +7,8 @@ evaluate configs:
   ``--local-epochs`` epochs, send the weight difference with those metrics;
 - ``validate`` (cross-site evaluation): send the received model's metrics on the site's
   validation patients;
-- ``submit_model`` (cross-site evaluation): send the site's best local weights.
+- ``submit_model`` (cross-site evaluation): send the site's best local weights (the file the
+  bundle's ``CheckpointSaver`` keeps them in).
 
 Only weights, weight differences and metrics leave the site. Parameters matching
 ``--exclude-vars`` stay local: they are neither sent nor overwritten by the global model. So do
@@ -29,9 +30,11 @@ from monai.fl.utils.exchange_object import ExchangeObject
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
 from evaluation.runner import checkpoint_settings, relative_config_files
-from fl_jobs.bundle import find_bundle
+from fl_jobs.bundle import best_checkpoint, find_bundle
 
-FROZEN = r"^clinical\.age_(mean|std)$"  # ClinicalInput's buffers, fixed at the pooled age statistics
+# the networks' age z-score buffers (the pCR bundles' clinical.age_*, the fusion bundle's rhpc.age_*
+# and extractor.age_*), fixed at the pooled age statistics
+FROZEN = r"(?:^|\.)age_(?:mean|std)$"
 
 
 def parse_args() -> argparse.Namespace:
@@ -57,20 +60,21 @@ def main() -> None:
     exclude = re.compile("|".join(f"(?:{r})" for r in (FROZEN, args.exclude_vars) if r))
     bundle_root = str(find_bundle(args.bundle))
     overrides = {"bundle_root": bundle_root, "dataset_dir": args.data, **json.loads(args.overrides)}
+    train_files = relative_config_files(("train",), args.profile)
     flare.init()
     site = flare.get_site_name()
     algo = MonaiAlgo(
         bundle_root=bundle_root,
         local_epochs=args.local_epochs,
         send_weight_diff=True,
-        config_train_filename=relative_config_files(("train",), args.profile),
+        config_train_filename=train_files,
         train_kwargs=dict(overrides),
+        best_model_filepath=best_checkpoint(bundle_root, train_files, overrides),
         config_evaluate_filename=relative_config_files(("train", "evaluate"), args.profile),
         # evaluation on the site's own validation patients (the test fold is held centrally)
         eval_kwargs={**overrides, "eval_folds": "$[@val_fold]",
                      # received weights come without a checkpoint: the architecture is this training's
-                     "model_settings": checkpoint_settings(bundle_root, relative_config_files(("train",), args.profile),
-                                                           overrides)},
+                     "model_settings": checkpoint_settings(bundle_root, train_files, overrides)},
     )
     algo.initialize({ExtraItems.CLIENT_NAME: site})
     while flare.is_running():

@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluation.methods import BUNDLES
@@ -37,6 +38,21 @@ class JobFailed(RuntimeError):
 
 class OptionError(ValueError):
     """Options that cannot work together or with this cohort."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One federated training of a bundle. ``overrides``: config keys every copy of the bundle gets
+    beyond the common ones (e.g. ``model`` of the fusion bundle, which holds several networks);
+    ``patients_with``: the datalist key of the only patients the network sees (e.g.
+    ``mammograms``), whose ages are then the pooled statistics; ``method``: the method name of the
+    central-test predictions (default ``fl_<bundle>``)."""
+
+    bundle: str
+    name: str
+    overrides: dict = field(default_factory=dict)
+    patients_with: str | None = None
+    method: str | None = None
 
 
 def add_common_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -100,11 +116,18 @@ def check_args(bundle: str, args: argparse.Namespace, sites: list[str]) -> None:
                                     "representations with the global teacher; fl_jobs/two_stage.py does it)")
 
 
-def bundle_overrides(args: argparse.Namespace, age: dict, clinical_fields: list[dict]) -> dict:
-    """Config overrides of every copy of the bundle: folds, seed, the pooled age statistics and
-    the cohort's clinical fields (the server builds its model without data)."""
+def bundle_overrides(args: argparse.Namespace, age: dict, clinical_fields: list[dict], job: Job | None = None) -> dict:
+    """Config overrides of every copy of the bundle: folds, seed, the pooled age statistics, the
+    cohort's clinical fields (the server builds its model without data) and the job's own."""
     return {"val_fold": args.val_fold, "test_fold": args.central_fold, "seed": args.seed,
-            "age_stats": [age["mean"], age["std"]], "clinical_fields": clinical_fields}
+            "age_stats": [age["mean"], age["std"]], "clinical_fields": clinical_fields,
+            **(job.overrides if job else {})}
+
+
+def global_model_settings(job: Job, args: argparse.Namespace, overrides: dict) -> dict:
+    """The architecture of the job's models (what a checkpoint of its training would carry):
+    global weights reach the evaluators without a checkpoint."""
+    return checkpoint_settings(BUNDLES / job.bundle, relative_config_files(("train",), args.profile), overrides)
 
 
 def cohort_fields(folders: list[Path]) -> list[dict]:
@@ -118,20 +141,27 @@ def cohort_fields(folders: list[Path]) -> list[dict]:
     return first
 
 
-def age_statistics(args: argparse.Namespace, sites: list[str], workspace: Path) -> dict:
-    """Count, mean and standard deviation of age over every site's training patients, pooled by
-    NVFlare's ``FedStatsRecipe`` in the simulator; its minimum-count guard refuses a small site."""
+def age_statistics(args: argparse.Namespace, folders: dict[str, Path], workspace: Path,
+                   patients_with: str | None = None, name: str = STATS_JOB) -> dict:
+    """Count, mean and standard deviation of age over the training patients of the sites whose
+    datalists are ``folders`` (only those with ``patients_with`` when given), pooled by NVFlare's
+    ``FedStatsRecipe`` in the simulator (``workspace/name``); its minimum-count guard refuses a small site."""
     from nvflare.app_common.app_constant import StatisticsConstants as StC
     from nvflare.recipe import SimEnv
     from nvflare.recipe.fedstats import FedStatsRecipe
 
     from fl_jobs.stats import DATASET, FEATURE, AgeStatistics
 
-    recipe = FedStatsRecipe(name=STATS_JOB, stats_output_path=STATS_OUTPUT, sites=sites,
+    sites = list(folders)
+    sites_dir = {folder.resolve().parent for folder in folders.values()}
+    if len(sites_dir) != 1 or any(folder.name != site for site, folder in folders.items()):
+        raise ValueError(f"site datalists must be <one folder>/<site>/, got {folders}")  # as split_sites writes them
+    recipe = FedStatsRecipe(name=name, stats_output_path=STATS_OUTPUT, sites=sites,
                             statistic_configs={"count": {}, "sum": {}, "mean": {}, "stddev": {}},
-                            stats_generator=AgeStatistics(str(workspace / "sites"), args.val_fold, args.central_fold),
+                            stats_generator=AgeStatistics(str(sites_dir.pop()), args.val_fold, args.central_fold,
+                                                          patients_with),
                             min_count=args.min_count)
-    job_dir = workspace / STATS_JOB
+    job_dir = workspace / name
     try:
         recipe.run(SimEnv(clients=sites, num_threads=len(sites), workspace_root=str(workspace)))
     except RuntimeError as error:
@@ -179,10 +209,11 @@ def job_name(bundle: str, args: argparse.Namespace) -> str:
     return args.name or f"{bundle}_fedavg"
 
 
-def build_recipe(bundle: str, args: argparse.Namespace, sites: dict[str, Path], central: Path, source: Path,
-                 age: dict):
-    """NVFlare's FedAvgRecipe for ``bundle``: per-site clients, central evaluator, cross-site evaluation;
-    every copy of the bundle (clients', server's model and evaluator) z-scores age with ``age``."""
+def build_recipe(job: Job, args: argparse.Namespace, sites: dict[str, Path], central: Path, source: Path,
+                 overrides: dict):
+    """NVFlare's FedAvgRecipe for the job's bundle: per-site clients, central evaluator, cross-site
+    evaluation; every copy of the bundle (clients', server's model and evaluator) gets ``overrides``
+    (``bundle_overrides``: among them the pooled age statistics)."""
     from nvflare.apis.dxo import DataKind
     from nvflare.app_common.filters.percentile_privacy import PercentilePrivacy
     from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
@@ -191,10 +222,10 @@ def build_recipe(bundle: str, args: argparse.Namespace, sites: dict[str, Path], 
 
     from fl_jobs.server import CentralEvaluator
 
+    bundle = job.bundle
     files = relative_config_files(("train",), args.profile)
-    overrides = bundle_overrides(args, age, cohort_fields([central, *sites.values()]))
     recipe = FedAvgRecipe(
-        name=job_name(bundle, args),
+        name=job.name,
         model={"path": "fl_jobs.bundle.network",
                "args": {"bundle": bundle, "config_files": files, "overrides": overrides}},
         min_clients=args.min_clients,
@@ -211,9 +242,9 @@ def build_recipe(bundle: str, args: argparse.Namespace, sites: dict[str, Path], 
     recipe.add_client_file(str(source))
     recipe.add_server_file(str(source))
     # the global weights arrive without a checkpoint: the evaluator is given the training's architecture
-    settings = checkpoint_settings(BUNDLES / bundle, files, overrides)
+    settings = global_model_settings(job, args, overrides)
     evaluator = CentralEvaluator(bundle, files + ["configs/evaluate.json"], str(central.resolve()),
-                                 method=f"fl_{bundle}", overrides={**overrides, "model_settings": settings})
+                                 method=job.method or f"fl_{bundle}", overrides={**overrides, "model_settings": settings})
     recipe._job.to_server(evaluator, id="central_evaluator")  # the recipe API has no public hook for components
     if args.privacy == "percentile":
         recipe.add_client_output_filter(PercentilePrivacy(percentile=args.percentile, gamma=args.gamma,
@@ -258,27 +289,39 @@ def check_workspace(job_dir: Path, sites: list[str]) -> dict:
 
 
 def run(bundle: str, args: argparse.Namespace, customize=None) -> dict:
-    """Split, pool the age statistics, build, run and check the job; the summary written to
-    ``WS/summary.json`` (when exporting, the job folder carries the pooled statistics).
+    """Split the cohort into sites (``WS/sites``) and run the bundle's job on all of them (``run_job``).
 
     ``customize(recipe)``, when given, adds to the recipe before it runs (filters, components)."""
-    from nvflare.recipe import SimEnv
-
     workspace = args.workspace.resolve()
     folders, central = split_sites(args.data, workspace / "sites", args.sites, args.central_fold, args.val_fold)
+    return run_job(Job(bundle, job_name(bundle, args)), args, folders, central, workspace, customize)
+
+
+def run_job(job: Job, args: argparse.Namespace, folders: dict[str, Path], central: Path, workspace: Path,
+            customize=None, age: dict | None = None) -> dict:
+    """Pool the age statistics (unless ``age`` is given), build, run and check one job with the
+    sites ``folders`` as clients; the summary written to ``workspace/summary.json`` (when
+    exporting, the job folder carries the pooled statistics). ``args`` gets its defaults for
+    this job's sites (``check_args``)."""
+    from nvflare.recipe import SimEnv
+
+    bundle = job.bundle
     check_args(bundle, args, list(folders))
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    config.update(bundle=bundle, sites=list(folders))
+    config.update(bundle=bundle, sites=list(folders), **({"overrides": job.overrides} if job.overrides else {}))
     if not args.gpu:  # one torch thread per client, no oversubscription of the cores
         os.environ.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     os.environ["TQDM_DISABLE"] = "1"
-    job_dir = workspace / job_name(bundle, args)
+    job_dir = workspace / job.name
     summary = {"status": "failed", "job_dir": str(job_dir), "config": config}
     start = time.monotonic()
     try:
-        summary["age_statistics"] = age = age_statistics(args, list(folders), workspace)
+        if age is None:
+            age = age_statistics(args, folders, workspace, job.patients_with)
+        summary["age_statistics"] = age
+        overrides = bundle_overrides(args, age, cohort_fields([central, *folders.values()]), job)
         source = copy_bundle(bundle, workspace / "bundle_source").parent
-        recipe = build_recipe(bundle, args, folders, central, source, age)
+        recipe = build_recipe(job, args, folders, central, source, overrides)
         if customize is not None:
             customize(recipe)
         if args.export:
@@ -288,7 +331,8 @@ def run(bundle: str, args: argparse.Namespace, customize=None) -> dict:
             return {"status": "exported", "job_dir": str(args.export), "config": config, "age_statistics": age}
         recipe.run(SimEnv(clients=list(folders), num_threads=len(folders), gpu_config=args.gpu,
                           workspace_root=str(workspace)))
-        summary.update(check_workspace(job_dir, list(folders)), status="ok")
+        summary.update(check_workspace(job_dir, list(folders)), status="ok",
+                       model_settings=global_model_settings(job, args, overrides))
     except JobFailed as error:
         summary["reason"] = str(error)
     except RuntimeError as error:  # the simulator's exit status: the logs say why
