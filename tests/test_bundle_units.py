@@ -326,3 +326,23 @@ def test_validation_loss_weighs_the_classes_as_the_sampler_trains_them():
             s.data.positive_class_weight(entries, [1])
         parser = merged_config("pcr_teacher")
         assert parser["validate#key_metric#val_loss#loss_fn#pos_weight#_target_"] == "scripts.data.positive_class_weight"
+
+
+@pytest.mark.parametrize("bundle,cls", [("pcr_teacher", "PCRTeacher"), ("pcr_dualtask", "DualTaskNet")])
+def test_the_head_learns_faster_under_the_cpu_profile_only(bundle, cls):
+    """The bundle's optimiser puts the final linear layer at head_lr_factor x the learning rate
+    (10 in the CPU profile, 1 in the paper's settings) and every other weight at the learning rate."""
+    for overrides, factor in (((), 1.0), (("profile_cpu",), 10.0)):
+        parser = merged_config(bundle, *overrides)
+        assert parser["head_lr_factor"] == factor
+        with bundle_scripts(bundle) as s:
+            net = _network(s, parser, getattr(s.networks, cls))
+            groups = s.layers.parameter_groups(net, parser["learning_rate"], parser["head_lr_factor"])
+            optimizer = torch.optim.AdamW(groups, lr=parser["learning_rate"])
+        head = {id(p) for p in net.head.parameters()}
+        grouped = [id(p) for g in optimizer.param_groups for p in g["params"]]
+        assert sorted(grouped) == sorted(id(p) for p in net.parameters())  # every weight exactly once
+        rates = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+        assert all(rates[i] == pytest.approx(parser["learning_rate"] * (factor if i in head else 1.0)) for i in rates)
+        # the config's own optimizer is built the same way
+        assert parser["optimizer"]["params"]["_target_"] == "scripts.layers.parameter_groups"
