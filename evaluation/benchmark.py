@@ -22,7 +22,7 @@ import torch
 from preprocessing.atomic import atomic_write_json
 
 from .cv import Predictions, nested_cv
-from .methods import METHODS, TEACHER, parse_methods
+from .methods import TEACHER, TWO_STAGE, parse_methods
 from .runner import Runner, merged_settings, threads_per_job
 
 # cpu: two inner splits per outer fold (soft voting over two models), the CPU profile's epochs,
@@ -46,7 +46,7 @@ def run_benchmark(data: Path, out: Path, profile: str, epochs: int | None = None
                   methods: str | None = None, jobs: int | None = None) -> tuple[Predictions, dict]:
     """Train and test every method; return the predictions and the run description
     (also written to ``OUT/benchmark.json``)."""
-    chosen = parse_methods(methods or ",".join(METHODS))
+    chosen = parse_methods(methods or ",".join(TWO_STAGE))  # the MRP methods need a multimodal cohort: by name only
     inner_folds = BENCHMARK_PROFILES[profile]["inner_folds"]
     jobs = jobs or BENCHMARK_PROFILES[profile]["jobs"]
     runner = Runner(data, out, profile, epochs, seed, threads=threads_per_job(jobs))

@@ -18,7 +18,7 @@ import pandas as pd
 
 from preprocessing.atomic import atomic_write_csv
 
-from .methods import TEACHER, Method, model_key
+from .methods import MRP, TEACHER, Method, model_key
 from .runner import Runner, Split
 
 log = logging.getLogger("evaluation")
@@ -71,20 +71,27 @@ def _outer_fold(runner: Runner, methods: list[Method], test_fold: int, val_folds
 def plan_trainings(runner: Runner, methods: list[Method], splits: list[Split]) -> None:
     """Tell the runner's progress how many trainings (not yet done) lie ahead; a model of other
     settings in the output folder stops the run here, before any training."""
-    models = {(m.bundle, m.train, m.teacher) for m in methods if m.features is None}
-    models |= {(TEACHER, m.teacher, None) for m in methods if m.teacher is not None}
-    ahead = sum(not runner.is_trained(bundle, train, split, teacher)
-                for bundle, train, teacher in models for split in splits)
-    runner.progress.plan(ahead, runner.profile_epochs)
-    log.info("%d model(s) to train (%d split(s)), %d epochs each", ahead, len(splits), runner.profile_epochs)
+    models = set().union(*(m.trainings for m in methods))
+    ahead = {bundle: 0 for bundle, *_ in models}
+    for bundle, train, teacher, network in models:
+        ahead[bundle] += sum(not runner.is_trained(bundle, train, split, teacher, network) for split in splits)
+    for bundle, count in ahead.items():
+        runner.progress.plan(count, runner.bundle_epochs(bundle))
+    total, epochs = sum(ahead.values()), sorted({runner.bundle_epochs(bundle) for bundle in ahead})
+    log.info("%d model(s) to train (%d split(s)), %s epochs each", total, len(splits),
+             " or ".join(map(str, epochs or [runner.profile_epochs])))
 
 
 def independent_groups(methods: list[Method]) -> list[list[Method]]:
-    """Methods grouped by the first model they need (the teacher for stage 2), largest group
-    first: models of different groups never depend on each other, so groups can train at once."""
+    """Methods grouped by the first model they need (the teacher for stage 2; every MRP method one
+    group, as the ensembles share the imr and img models), largest group first: models of different
+    groups never depend on each other, so groups can train at once."""
     groups: dict[str, list[Method]] = {}
     for method in methods:
-        root = model_key(TEACHER, method.teacher) if method.teacher is not None else method.model_key
+        if method.bundle == MRP:
+            root = MRP
+        else:
+            root = model_key(TEACHER, method.teacher) if method.teacher is not None else method.model_key
         groups.setdefault(root, []).append(method)
     return sorted(groups.values(), key=len, reverse=True)
 

@@ -4,7 +4,8 @@
 Every metric has a 95 % percentile CI from 1,000 seeded stratified patient-level bootstrap
 resamples; the Youden operating point calls each inner model at the threshold chosen on its own
 validation fold (never on the reported patients); the reference method is compared with each other method by the paired
-DeLong test on the same patients.
+DeLong test on the same patients (an MRP method, which leaves out patients without its inputs: on the
+patients both were tested on).
 """
 
 from __future__ import annotations
@@ -22,12 +23,17 @@ from preprocessing.atomic import atomic_write_csv, atomic_write_text
 from .decision import PER_PATIENTS, TARGETS, decision_curve
 from .delong import delong_test
 from .figures import calibration_figure, decision_figure, pr_figure, roc_figure, save
-from .methods import FIGURE_GROUPS, METHODS
+from .methods import FIGURE_GROUPS, METHODS, MRP
 from .metrics import metric_summary, youden_threshold
 from .subgroups import clinical_table, odds_ratios, subgroup_auroc, with_clinical
 
 COLUMNS = ["id", "outer_fold", "method", "probability", "label"]
 ORACLES = {"p_clinical": "clinical + subtype", "p_t0": "+ T0", "p_t0_t1": "+ T0, T1", "p_t0_t2": "+ T0, T1, T2"}
+# oracles of the MRP methods (multimodal synthetic cohorts): the truth.csv column a method's inputs
+# match (``Method.oracle``); the MRI oracles use the quantities of T0-T2 (T3 is in no oracle)
+MRP_ORACLES = {"p_rhpc": "clinical + rhpc", "p_rhpc_mg": "clinical + rhpc + mammogram",
+               "p_rhpc_mri": "clinical + rhpc + MRI T0-T2", "p_rhpc_mg_mri": "clinical + rhpc + mammogram + MRI T0-T2"}
+MRP_REFERENCES = ("mrp", "mrp_mid", "mrp_pre")  # default references of MRP runs without dualtask
 TABLE2 = ("AUROC", "sensitivity @0.5", "specificity @0.5", "AUPRC", "Brier")
 
 
@@ -97,6 +103,20 @@ def logit(p) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
+def is_mrp(name: str) -> bool:
+    return name in METHODS and METHODS[name].bundle == MRP
+
+
+def common_patients(reference: pd.DataFrame, other: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The patients both methods were tested on (an MRP method sees only the patients with its
+    inputs: mammograms, or an MRI visit of its phase)."""
+    merged = reference[["id", "label", "probability"]].merge(other[["id", "label", "probability"]], on="id",
+                                                              suffixes=("_ref", ""))
+    if (merged.label_ref != merged.label).any():
+        raise ValueError(f"method {name}: labels differ from the reference method's for the same patients")
+    return merged
+
+
 def same_patients(reference: pd.DataFrame, other: pd.DataFrame, name: str) -> pd.DataFrame:
     merged = reference[["id", "label", "probability"]].merge(other[["id", "label", "probability"]], on="id",
                                                               suffixes=("_ref", ""), how="outer", indicator=True)
@@ -138,6 +158,10 @@ def figure_groups(names: list[str], reference: str) -> dict[str, list[str]]:
     other methods share one panel with the reference."""
     groups = {g: [m for m in members if m in names] for g, members in FIGURE_GROUPS.items()}
     groups = {g: members for g, members in groups.items() if len(members) >= 2}
+    order = list(groups)  # a panel whose methods another panel shows too is left out (e.g. mrp_mid without its phase)
+    groups = {g: members for g, members in groups.items()
+              if not any(set(members) < set(other) or (set(members) == set(other) and order.index(h) < order.index(g))
+                         for h, other in groups.items() if h != g)}
     covered = {m for members in groups.values() for m in members}
     rest = [m for m in names if m not in covered]
     if rest:
@@ -152,6 +176,8 @@ class Statistics:
     rows: dict[str, tuple[int, dict]]  # method or oracle label -> (patients, metric_summary)
     delong: dict  # method -> DeLongResult of the reference against it
     clinical: pd.DataFrame | None  # the reference's predictions with clinical fields (--data)
+    delong_notes: list[str] = field(default_factory=list)  # comparisons on a subset of patients, or none
+    oracle_patients: dict[str, str] = field(default_factory=dict)  # MRP oracle row -> method whose patients it has
 
 
 def compute_statistics(predictions: dict[str, pd.DataFrame], validation: dict[str, pd.DataFrame] | None,
@@ -159,7 +185,8 @@ def compute_statistics(predictions: dict[str, pd.DataFrame], validation: dict[st
                        seed: int) -> Statistics:
     """All checks of the inputs happen here, so that an error leaves no output behind."""
     names = list(predictions)
-    reference = reference or ("dualtask" if "dualtask" in predictions else names[0])
+    default = [n for n in ("dualtask",) + MRP_REFERENCES if n in predictions]
+    reference = reference or (default[0] if default else names[0])
     if reference not in predictions:
         raise ValueError(f"reference method {reference!r} not among the predictions ({', '.join(names)})")
     ref = predictions[reference]
@@ -169,28 +196,79 @@ def compute_statistics(predictions: dict[str, pd.DataFrame], validation: dict[st
         youden = youden_scores(frame, (validation or {}).get(name))
         rows[name] = (len(frame), metric_summary(frame.label, frame.probability, youden_prob=youden,
                                                  n_resamples=n_resamples, seed=seed))
+    oracle_patients = {}
     if truth is not None:
-        oracle = ref[["id", "label"]].merge(pd.read_csv(truth, dtype={"id": str}), on="id", how="left")
-        if oracle["p_t0_t1"].isna().any():
-            raise ValueError(f"{truth}: no oracle row for {int(oracle['p_t0_t1'].isna().sum())} reported patient(s)")
-        for column in ORACLES:
-            rows[f"oracle {column}"] = (len(oracle), metric_summary(oracle.label, oracle[column], None, n_resamples, seed))
-    delong = {}
+        table = pd.read_csv(truth, dtype={"id": str})
+        if not all(is_mrp(name) for name in names):  # the two-stage oracles, on the reference's patients
+            oracle = ref[["id", "label"]].merge(table, on="id", how="left")
+            if oracle["p_t0_t1"].isna().any():
+                raise ValueError(f"{truth}: no oracle row for {int(oracle['p_t0_t1'].isna().sum())} reported patient(s)")
+            for column in ORACLES:
+                summary = metric_summary(oracle.label, oracle[column], None, n_resamples, seed)
+                rows[f"oracle {column}"] = (len(oracle), summary)
+        for column, owner in mrp_oracles(names).items():  # each on the patients of the first method it matches
+            if column not in table:
+                raise ValueError(f"{truth}: no column {column} (the oracle of {owner}); the truth.csv of a "
+                                 "multimodal synthetic cohort has it")
+            oracle = predictions[owner][["id", "label"]].merge(table[["id", column]], on="id", how="left")
+            if oracle[column].isna().any():
+                raise ValueError(f"{truth}: no {column} for {int(oracle[column].isna().sum())} patient(s) of {owner}")
+            summary = metric_summary(oracle.label, oracle[column], None, n_resamples, seed)
+            rows[f"oracle {column}"] = (len(oracle), summary)
+            oracle_patients[f"oracle {column}"] = owner
+    delong, notes = {}, []
     for name in names:
-        if name != reference:
+        if name == reference:
+            continue
+        if is_mrp(name) or is_mrp(reference):
+            merged = common_patients(ref, predictions[name], name)
+            if merged.label.nunique() < 2:
+                notes.append(f"{name}: no DeLong test ({len(merged)} patient(s) in common with {reference}, "
+                             "not both classes)")
+                continue
+            if len(merged) < max(len(ref), len(predictions[name])):
+                notes.append(f"{name}: on the {len(merged)} patients both methods were tested on "
+                             f"({reference} {len(ref)}, {name} {len(predictions[name])})")
+        else:
             merged = same_patients(ref, predictions[name], name)
-            delong[name] = delong_test(merged.label, merged.probability_ref, merged.probability)
-    return Statistics(reference, rows, delong, clinical)
+        delong[name] = delong_test(merged.label, merged.probability_ref, merged.probability)
+    return Statistics(reference, rows, delong, clinical, notes, oracle_patients)
 
 
-def _described(label: str) -> str:
+def mrp_oracles(names: list[str]) -> dict[str, str]:
+    """truth.csv column -> the first of ``names`` whose inputs it matches (``Method.oracle``), in
+    the order of ``MRP_ORACLES``."""
+    owners = {}
+    for name in names:
+        column = METHODS[name].oracle if name in METHODS else None
+        if column is not None:
+            owners.setdefault(column, name)
+    return {column: owners[column] for column in MRP_ORACLES if column in owners}
+
+
+def _described(label: str, stats: Statistics | None = None) -> str:
     if label.startswith("oracle "):
+        if label[7:] in MRP_ORACLES:
+            owner = (stats.oracle_patients if stats else {}).get(label)
+            return (f"exact P(pCR | {MRP_ORACLES[label[7:]]}) of the synthetic cohort"
+                    + (f", on the patients of {owner}" if owner else ""))
         return f"exact P(pCR | {ORACLES[label[7:]]}) of the synthetic cohort"
     return METHODS[label].description if label in METHODS else ""
 
 
 def _headline(stats: Statistics) -> list[str]:
-    """The paper's claim (dual-task vs Conventional #1), reported whatever its sign."""
+    """The paper's claim (dual-task vs Conventional #1; MRP vs the rhpc, iMGrhpc and iMRrhpc
+    models of its phase), reported whatever its sign."""
+    if stats.reference in MRP_REFERENCES:
+        suffix = stats.reference[3:]
+        lines = []
+        for other in ("mrp_rhpc", "mrp_img", f"mrp_imr{suffix}"):
+            if other in stats.delong:
+                r = stats.delong[other]
+                lines.append(f"MRP{suffix} vs {other}: AUROC {r.auc_a:.3f} vs {r.auc_b:.3f}, difference "
+                             f"{r.auc_a - r.auc_b:+.3f}, paired DeLong p "
+                             f"{'< 0.001' if r.p_value < 0.001 else f'= {r.p_value:.3f}'}.")
+        return lines
     if stats.reference != "dualtask" or "conv1" not in stats.delong:
         return []
     r = stats.delong["conv1"]
@@ -202,24 +280,26 @@ def _performance_sections(stats: Statistics) -> list[Section]:
     reference, rows, delong = stats.reference, stats.rows, stats.delong
     table2 = pd.DataFrame([{"method": label, "patients": n, **{m: fmt(*summary[m]) for m in TABLE2},
                             f"DeLong p vs {reference}": fmt_p(delong[label].p_value) if label in delong else "",
-                            "description": _described(label)} for label, (n, summary) in rows.items()])
+                            "description": _described(label, stats)} for label, (n, summary) in rows.items()])
     extra = [m for m in next(iter(rows.values()))[1] if m not in TABLE2]
     detail = pd.DataFrame([{"method": label, **{m: fmt(*summary[m]) if m in summary else "" for m in extra}}
                            for label, (n, summary) in rows.items()])
     sections = [
         Section("Performance (Table 2 style)", _headline(stats) + [
             "Sensitivity and specificity at probability 0.5 (the paper's operating point). "
-            f"p: two-sided paired DeLong test of {reference} against each method, on the same patients."], [table2]),
+            f"p: two-sided paired DeLong test of {reference} against each method, on the same patients"
+            + (" (MRP methods: on the patients both were tested on, see the DeLong section)."
+               if stats.delong_notes else ".")], [table2]),
         Section("Operating points and calibration", [
             "PPV/NPV at 0.5; sensitivity/specificity/PPV/NPV at the Youden operating point: each inner model called at "
             "the threshold chosen on its own validation fold, the calls soft-voted on the logit scale; "
             "calibration intercept (calibration-in-the-large, ideal 0) and slope (ideal 1) by logistic "
             "recalibration; ECE over 10 equal-width bins."], [detail])]
-    if delong:
-        sections.append(Section(f"Paired DeLong tests ({reference} vs each method)", [], [pd.DataFrame([{
+    if delong or stats.delong_notes:
+        sections.append(Section(f"Paired DeLong tests ({reference} vs each method)", stats.delong_notes, [pd.DataFrame([{
             "method": name, f"AUROC {reference}": f"{r.auc_a:.3f}", "AUROC method": f"{r.auc_b:.3f}",
             "difference": f"{r.auc_a - r.auc_b:+.3f}", "z": f"{r.z:.2f}", "p": fmt_p(r.p_value)}
-            for name, r in delong.items()])]))
+            for name, r in delong.items()])] if delong else []))
     return sections
 
 

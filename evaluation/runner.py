@@ -26,7 +26,7 @@ import pandas as pd
 from preprocessing.atomic import atomic_write_text
 
 from . import baselines
-from .methods import BUNDLES, DUALTASK, TEACHER, Method, model_key
+from .methods import BUNDLES, DUALTASK, MRP, TEACHER, Method, model_key
 from .progress import Progress, watch
 
 PROFILES = {"cpu": ("profile_cpu",), "gpu": ()}
@@ -146,11 +146,17 @@ class Runner:
     @cached_property
     def bundle_digests(self) -> dict[str, str]:
         """Digests of the bundles' files when this run started (edits during a run change nothing)."""
-        return {bundle: bundle_digest(bundle) for bundle in (TEACHER, DUALTASK)}
+        return {bundle: bundle_digest(bundle) for bundle in (TEACHER, DUALTASK, MRP)}
 
     @cached_property
     def profile_epochs(self) -> int:
         return self.epochs or int(merged_settings(TEACHER, ("train",), self.profile)["epochs"])
+
+    def bundle_epochs(self, bundle: str) -> int:
+        """Epochs of one training of ``bundle`` under this run's profile (or ``epochs``)."""
+        if bundle in (TEACHER, DUALTASK):
+            return self.profile_epochs
+        return self.epochs or int(merged_settings(bundle, ("train",), self.profile)["epochs"])
 
     def run_bundle(self, bundle: str, configs: tuple[str, ...], log: Path, on_epoch=None, **overrides) -> None:
         """``python -m monai.bundle run`` with the bundle's configs + profile + override files;
@@ -184,31 +190,37 @@ class Runner:
     def model_dir(self, key: str, split: Split) -> Path:
         return self.out / "models" / key / split.name
 
-    def record(self, bundle: str, train: tuple[str, ...], split: Split) -> dict:
+    def record(self, bundle: str, train: tuple[str, ...], split: Split, network: str | None = None) -> dict:
         """What ``trained.json`` holds: everything that tells two trainings apart."""
-        return json.loads(json.dumps({"bundle": bundle, "overrides": list(train), "split": split.name,
-                                      "cohort": self.cohort, "bundle_files": self.bundle_digests[bundle],
-                                      "profile": self.profile, "epochs": self.epochs,
-                                      "seed": self.seed, "config": self.overrides}, default=str))
+        record = {"bundle": bundle, "overrides": list(train), "split": split.name,
+                  "cohort": self.cohort, "bundle_files": self.bundle_digests[bundle],
+                  "profile": self.profile, "epochs": self.epochs,
+                  "seed": self.seed, "config": self.overrides}
+        if network is not None:  # a network of a multi-network bundle (mrp_fusion's ``model``)
+            record["model"] = network
+        return json.loads(json.dumps(record, default=str))
 
-    def is_trained(self, bundle: str, train: tuple[str, ...], split: Split, teacher: tuple[str, ...] | None = None) -> bool:
+    def is_trained(self, bundle: str, train: tuple[str, ...], split: Split, teacher: tuple[str, ...] | None = None,
+                   network: str | None = None) -> bool:
         """Whether a model of these settings is finished; a model of other settings in its folder
         is a ``SettingsConflict`` (it is never overwritten)."""
-        run_dir = self.model_dir(model_key(bundle, train, teacher), split)
+        run_dir = self.model_dir(model_key(bundle, train, teacher, network), split)
         marker = run_dir / "trained.json"
         if not marker.is_file():
             return False
-        found, record = json.loads(marker.read_text()), self.record(bundle, train, split)
+        found, record = json.loads(marker.read_text()), self.record(bundle, train, split, network)
         if found != record:
             raise SettingsConflict(f"{run_dir} holds a model trained with other settings ({settings_text(found)}); "
                                    f"this run's settings: {settings_text(record)}. Choose another --out, "
                                    "or delete that folder yourself")
         return True
 
-    def train(self, bundle: str, train: tuple[str, ...], split: Split, teacher: tuple[str, ...] | None = None) -> Path:
-        """Train (or reuse) one model on ``split``; stage 2 first trains and exports its teacher."""
-        run_dir = self.model_dir(model_key(bundle, train, teacher), split)
-        if self.is_trained(bundle, train, split, teacher):
+    def train(self, bundle: str, train: tuple[str, ...], split: Split, teacher: tuple[str, ...] | None = None,
+              network: str | None = None) -> Path:
+        """Train (or reuse) one model on ``split``; stage 2 first trains and exports its teacher.
+        ``network``: the ``model`` key of a multi-network bundle (mrp_fusion)."""
+        run_dir = self.model_dir(model_key(bundle, train, teacher, network), split)
+        if self.is_trained(bundle, train, split, teacher, network):
             return run_dir
         if run_dir.exists():  # an interrupted training: no finished model to lose
             log.info("%s: unfinished training of an earlier run, starting it again", run_dir)
@@ -217,12 +229,14 @@ class Runner:
                          test_fold=split.test_fold)
         if teacher is not None:
             overrides["teacher_features"] = self.export_teacher(teacher, split)
-        name = f"{model_key(bundle, train, teacher)} {split.name}"
-        epochs = self.profile_epochs
+        if network is not None:
+            overrides["model"] = network
+        name = f"{model_key(bundle, train, teacher, network)} {split.name}"
+        epochs = self.bundle_epochs(bundle)
         self.run_bundle(bundle, ("train",) + train, run_dir / "train.log",
                         on_epoch=lambda m: self.progress.epoch(name, int(m.group(1)), epochs, m.group(2)), **overrides)
         self.progress.model_done()
-        atomic_write_text(json.dumps(self.record(bundle, train, split)) + "\n", run_dir / "trained.json")
+        atomic_write_text(json.dumps(self.record(bundle, train, split, network)) + "\n", run_dir / "trained.json")
         return run_dir
 
     def export_teacher(self, teacher: tuple[str, ...], split: Split) -> Path:
@@ -241,6 +255,10 @@ class Runner:
         if method.features is not None:  # classical reference: fitted on the split's training folds
             train = sorted(set(self.fold_of.values()) - {split.val_fold, split.test_fold})
             return baselines.fit_predict(self.entries, self.clinical_fields, method.features, train, folds)
+        if method.network == "mrp":
+            return self.predict_ensemble(method, split, folds)
+        if method.network is not None:
+            return self.predict_network(method, split, folds)
         run_dir = self.train(method.bundle, method.train, split, method.teacher)
         out_dir = run_dir / "eval" / method.name
         overrides = dict(ckpt_dir=run_dir / "models", output_dir=out_dir, val_fold=split.val_fold,
@@ -250,3 +268,64 @@ class Runner:
         self.run_bundle(method.bundle, ("train",) + method.train + ("evaluate",) + method.test,
                         out_dir / "evaluate.log", **overrides)
         return pd.read_csv(out_dir / "predictions.csv", dtype={"id": str})
+
+    # --- MRP (mrp_fusion): one network per method, or the ensemble of the imr and img networks ---
+
+    def predict_network(self, method: Method, split: Split, folds: list[int]) -> pd.DataFrame:
+        """``id, probability, label`` from one network of a multi-network bundle (``evaluate.json``
+        with its ``model`` key), its MRI visits restricted to the method's phase (``eval_visits``).
+        A patient without the network's input (no mammogram; no MRI visit of the phase) is left out."""
+        run_dir = self.train(method.bundle, method.train, split, network=method.network)
+        out_dir = run_dir / "eval" / method.name
+        overrides = dict(ckpt_dir=run_dir / "models", output_dir=out_dir, val_fold=split.val_fold,
+                         test_fold=split.test_fold, eval_folds=repr(list(folds)), model=method.network)
+        if method.visits is not None:
+            overrides["eval_visits"] = repr(list(method.visits))
+        self.run_bundle(method.bundle, ("train",) + method.train + ("evaluate",) + method.test,
+                        out_dir / "evaluate.log", **overrides)
+        return _labelled(out_dir / "predictions.csv", method)
+
+    def ensemble_dir(self, method: Method, split: Split) -> Path:
+        """Where the MRP ensemble of ``method`` on ``split`` keeps its weight and outputs."""
+        return self.out / "ensembles" / method.name / split.name
+
+    def ensemble_checkpoints(self, method: Method, split: Split) -> dict[str, Path]:
+        """The imr and img checkpoints of the MRP ensemble (trained, or reused, on ``split``)."""
+        imr = self.train(method.bundle, method.train, split, network="imr")
+        img = self.train(method.bundle, method.img_train, split, network="img")
+        return {"mr_ckpt": imr / "models" / "model_imr.pt", "mg_ckpt": img / "models" / "model_img.pt"}
+
+    def choose_ensemble_weight(self, method: Method, split: Split, checkpoints: dict[str, Path]) -> dict:
+        """The bundle's ``ensemble.json`` on the split's validation fold, with the method's MRI
+        visits: both models on the validation patients only, the mammography weight that maximises
+        their AUROC -> ``ENSEMBLE_DIR/models/ensemble.json`` (returned)."""
+        folder = self.ensemble_dir(method, split)
+        overrides = dict(ckpt_dir=folder / "models", output_dir=folder / "validation", val_fold=split.val_fold,
+                         test_fold=split.test_fold, **checkpoints)
+        if method.visits is not None:
+            overrides["infer_visits"] = repr(list(method.visits))
+        self.run_bundle(method.bundle, ("inference", "ensemble"), folder / "ensemble.log", **overrides)
+        return json.loads((folder / "models" / "ensemble.json").read_text())
+
+    def predict_ensemble(self, method: Method, split: Split, folds: list[int]) -> pd.DataFrame:
+        """``id, probability, label`` of the MRP ensemble: the weight chosen on the validation fold
+        (``choose_ensemble_weight``), then the bundle's ``inference.json`` on ``folds`` with that
+        weight unchanged: ``w * p_img + (1 - w) * p_imr``, the one model's probability for a patient
+        with one modality (``models_used`` in ``ENSEMBLE_DIR/eval/predictions.csv``)."""
+        checkpoints = self.ensemble_checkpoints(method, split)
+        self.choose_ensemble_weight(method, split, checkpoints)
+        folder = self.ensemble_dir(method, split)
+        overrides = dict(ckpt_dir=folder / "models", output_dir=folder / "eval", infer_folds=repr(list(folds)),
+                         **checkpoints)
+        if method.visits is not None:
+            overrides["infer_visits"] = repr(list(method.visits))
+        self.run_bundle(method.bundle, ("inference",), folder / "inference.log", **overrides)
+        return _labelled(folder / "eval" / "predictions.csv", method)
+
+
+def _labelled(path: Path, method: Method) -> pd.DataFrame:
+    """``id, probability, label`` of a bundle's predictions CSV (every patient with a label)."""
+    frame = pd.read_csv(path, dtype={"id": str})
+    if "label" not in frame or frame["label"].isna().any():
+        raise ValueError(f"{path}: method {method.name} needs a pCR label for every predicted patient")
+    return frame[["id", "probability", "label"]]
