@@ -61,10 +61,8 @@ def out_of_fold(table: pd.DataFrame, columns: list[str], label: np.ndarray, fold
 
 def ceiling_table(data: Path, truth: Path, n_resamples: int = 1000) -> pd.DataFrame:
     """``row, inputs, AUROC, low, high`` for the regressions of ``FEATURE_SETS`` and the oracles."""
-    record = json.loads((data / "datalist.json").read_text())
-    entries, fields = record["training"], record.get("clinical_fields")
-    if fields is None:
-        raise ValueError(f"{data / 'datalist.json'}: no clinical_fields; prepare the cohort again")
+    entries = json.loads((data / "datalist.json").read_text())["training"]
+    fields = bundle_data().cohort_fields(str(data))  # the bundles' check: a cohort without its encoding is refused
     table = feature_table(entries, fields, "ftv_t2")
     exact = pd.read_csv(truth, dtype={"id": str}).set_index("id")
     missing = table.index.difference(exact.index)
