@@ -1,5 +1,5 @@
-"""``python -m evaluation {cv,holdout,benchmark,report,bench,ceiling}``: train and test the bundles'
-methods on a prepared cohort, and report their statistics."""
+"""``python -m evaluation {cv,holdout,benchmark,report,bench,ceiling,contributions}``: train and test
+the bundles' methods on a prepared cohort, and report their statistics."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ import sys
 from pathlib import Path
 
 from .cv import holdout, nested_cv
-from .methods import METHODS, parse_methods
+from .methods import METHODS, MRP, parse_methods
 from .runner import PROFILES, BundleRunError, Runner, Split, threads_per_job
+
+
+CONTRIBUTION_STEPS = 50  # integrated-gradients steps (Gauss-Legendre points)
 
 
 def _folds(text: str) -> list[int]:
@@ -72,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
     ceiling.add_argument("--data", type=Path, required=True, help="prepared cohort (datalist.json)")
     ceiling.add_argument("--truth", type=Path, required=True, help="truth.csv of the synthetic cohort")
     ceiling.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the CIs")
+    contributions = sub.add_parser("contributions", help="modality and rhpc-variable contributions of the trained MRP "
+                                                         "networks by integrated gradients, on their test patients")
+    contributions.add_argument("--data", type=Path, required=True, help="prepared cohort the models were trained on")
+    contributions.add_argument("--out", type=Path, required=True, help="output folder of cv, holdout or benchmark")
+    contributions.add_argument("--steps", type=int, default=CONTRIBUTION_STEPS, help="integration steps")
+    contributions.add_argument("--visits", default=None, help="MRI visits a test patient contributes, e.g. T0 "
+                                                             "(default: every visit of the model)")
     return parser
 
 
@@ -84,6 +94,14 @@ def _report(args, test, validation, about=None) -> None:
     print(report.summary)
     print(f"report: {md}  {page}")
     print(f"figures: {out / 'figures'}/*.png|svg")
+
+
+def _contributions(data: Path, out: Path, steps: int = CONTRIBUTION_STEPS, visits: str | None = None) -> None:
+    from .contributions import write_contributions
+
+    table = write_contributions(data.resolve(), out.resolve(), steps, visits and visits.split(","))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"contributions: {out / 'report' / 'contributions.csv'}  {out / 'report' / 'figures'}/contributions.png|svg")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
+        if args.command == "contributions":
+            _contributions(args.data, args.out, args.steps, args.visits)
+            return 0
         if args.command == "report":
             from .report import read_predictions
 
@@ -120,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             predictions, about = run_benchmark(args.data.resolve(), args.out.resolve(), args.profile, args.epochs,
                                                args.seed, args.method, args.jobs)
             _report(args, predictions.test, predictions.validation, about)
+            if args.method and any(m.bundle == MRP for m in parse_methods(args.method)):  # default: two-stage only
+                _contributions(args.data, args.out)
             return 0
         default = "dualtask,conv1,conv2,teacher,lr_clinical,lr_ftv,lr_ftv_t2" if args.command == "holdout" else "dualtask"
         methods = parse_methods(args.method or default)
