@@ -6,7 +6,8 @@ then the report. The CPU profile soft-votes two inner models per outer fold (val
 folds preceding the test fold), each trained with the bundles' CPU profile (16^3 voxels, widths
 x0.125, 30 epochs), two trainings at once with one torch thread each, so that the whole
 comparison fits in about an hour on two cores; the GPU profile is the paper's: every inner split
-(soft voting over four models), full widths, 150 epochs.
+(soft voting over four models), full widths, 150 epochs. MRP methods (``--method``) are trained
+with the mrp_fusion bundle's profile, and the run description quotes that one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from preprocessing.atomic import atomic_write_json
 
 from .cv import Predictions, nested_cv
-from .methods import TEACHER, TWO_STAGE, parse_methods
+from .methods import MRP, TEACHER, TWO_STAGE, Method, parse_methods
 from .runner import Runner, merged_settings, threads_per_job
 
 # cpu: two inner splits per outer fold (soft voting over two models), the CPU profile's epochs,
@@ -30,10 +31,29 @@ from .runner import Runner, merged_settings, threads_per_job
 BENCHMARK_PROFILES = {"cpu": {"inner_folds": 2, "jobs": 2}, "gpu": {"inner_folds": None, "jobs": 1}}
 
 
-def bundle_settings(profile: str) -> dict:
-    """Top-level training settings of the stage-1 bundle under ``profile`` (stage 2 uses the same)."""
-    merged = merged_settings(TEACHER, ("train",), profile)
-    return {k: merged[k] for k in ("epochs", "widen_factor", "spatial_size", "batch_size", "learning_rate", "seed")}
+def bundle_settings(profile: str, bundle: str = TEACHER) -> dict:
+    """Top-level training settings of ``bundle`` under ``profile`` (the stage-1 bundle's are stage 2's too;
+    mrp_fusion has its own profile, with the mammograms' size)."""
+    merged = merged_settings(bundle, ("train",), profile)
+    keys = ("epochs", "widen_factor", "spatial_size", "batch_size", "learning_rate", "seed") + (
+        ("mg_size",) if bundle == MRP else ())
+    return {k: merged[k] for k in keys}
+
+
+def profile_text(profile: str, methods: list[Method], epochs: int | None = None) -> str:
+    """The run description's profile: the settings of the bundles the methods train, so that a run
+    of MRP methods quotes mrp_fusion's profile and not the pCR bundles' (both, named, when mixed)."""
+    mrp = [m for m in methods if m.bundle == MRP]
+    bundles = ([TEACHER] if len(mrp) < len(methods) else []) + ([MRP] if mrp else [])
+    parts = []
+    for bundle in bundles:
+        s = {**bundle_settings(profile, bundle), **({"epochs": epochs} if epochs is not None else {})}
+        name = {TEACHER: "pcr_teacher, pcr_dualtask: ", MRP: f"{MRP}: "}[bundle] if mrp else ""
+        mammograms = f"mammogram pixels {s['mg_size'] or 'as prepared'}, " if bundle == MRP else ""
+        parts.append(f"{name}epochs {s['epochs']}, widen_factor {s['widen_factor']}, input voxels "
+                     f"{s['spatial_size'] or 'as prepared'}, {mammograms}batch size {s['batch_size']}, "
+                     f"learning rate {s['learning_rate']}")
+    return f"{profile}: " + "; ".join(parts)
 
 
 def _device() -> str:
@@ -55,17 +75,12 @@ def run_benchmark(data: Path, out: Path, profile: str, epochs: int | None = None
     predictions = nested_cv(runner, chosen, inner_folds=inner_folds, jobs=jobs)
     wall = time.perf_counter() - started
     trained = len(list(out.glob("models/*/*/trained.json")))
-    settings = bundle_settings(profile)
-    if epochs is not None:
-        settings["epochs"] = epochs
     entries = json.loads((data / "datalist.json").read_text())["training"]
     folds = sorted({e["fold"] for e in entries})
     pcr = sum(e["label"] for e in entries) / len(entries)
     about = {
         "cohort": f"{data} ({len(entries)} patients, pCR rate {pcr:.1%}, folds {folds}, datalist digest {runner.cohort})",
-        "profile": f"{profile}: epochs {settings['epochs']}, widen_factor {settings['widen_factor']}, input voxels "
-                   f"{settings['spatial_size'] or 'as prepared'}, batch size "
-                   f"{settings['batch_size']}, learning rate {settings['learning_rate']}",
+        "profile": profile_text(profile, chosen, epochs),
         "design": f"{len(folds)} outer folds x {inner_folds or len(folds) - 1} inner split(s) per outer fold "
                   f"({f'validated on the {inner_folds} fold(s) preceding the test fold' if inner_folds else 'every other fold validates once'}), "
                   "soft voting over the inner models",

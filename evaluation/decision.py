@@ -8,8 +8,9 @@ least the threshold probability pt: TP/N - FP/N x pt/(1 - pt), against acting on
   alternative therapy); the event is non-pCR and its probability is 1 - P(pCR).
 - ``target="pcr"``: identify responders before surgery (e.g. for a surgery-reducing trial).
 
-Net interventions avoided are given per 100 patients:
-(net benefit - net benefit of treat all) / (pt / (1 - pt)) x 100, as ``dcurves`` computes them.
+Net interventions avoided are given per 1,000 patients, as the MRP paper reports them (Fig. 5):
+(net benefit - net benefit of treat all) / (pt / (1 - pt)) x 1000, as ``dcurves`` computes them
+with ``nper=1000``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import pandas as pd
 from .metrics import bootstrap_indices, check_binary, percentile_interval
 
 TARGETS = {"pcr": "identify pCR (e.g. before surgery)", "non_pcr": "identify non-pCR (before / mid treatment)"}
-PER_PATIENTS = 100
+PER_PATIENTS = 1000
+# the scale is in the column name, so a reader of an older per-100 table cannot mix the two up
+NIA = f"net_interventions_avoided_per_{PER_PATIENTS}"
 DEFAULT_THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)
 
 
@@ -35,9 +38,9 @@ def _net_benefit(y: np.ndarray, p: np.ndarray, thresholds: np.ndarray) -> np.nda
 
 def decision_curve(y_true, prob, thresholds=DEFAULT_THRESHOLDS, target: str = "pcr", n_resamples: int = 1000,
                    seed: int = 0, level: float = 0.95) -> pd.DataFrame:
-    """Columns ``threshold, net_benefit, net_benefit_low, net_benefit_high, net_benefit_all,
-    net_intervention_avoided`` (per 100 patients), ``nia_low, nia_high``; bands from seeded
-    stratified patient-level bootstrap resamples (``n_resamples=0``: no bands).
+    """Columns ``threshold, net_benefit, net_benefit_low, net_benefit_high, net_benefit_all`` and
+    ``NIA`` (net interventions avoided per 1,000 patients) with ``NIA_low, NIA_high``; bands from
+    seeded stratified patient-level bootstrap resamples (``n_resamples=0``: no bands).
 
     ``y_true`` is pCR (1) / non-pCR (0) and ``prob`` is P(pCR), whatever the target."""
     if target not in TARGETS:
@@ -52,12 +55,12 @@ def decision_curve(y_true, prob, thresholds=DEFAULT_THRESHOLDS, target: str = "p
     prevalence = y.mean()
     frame = pd.DataFrame({"threshold": thresholds, "net_benefit": _net_benefit(y, p, thresholds)})
     frame["net_benefit_all"] = prevalence - (1 - prevalence) * odds
-    frame["net_intervention_avoided"] = (frame.net_benefit - frame.net_benefit_all) / odds * PER_PATIENTS
+    frame[NIA] = (frame.net_benefit - frame.net_benefit_all) / odds * PER_PATIENTS
     if n_resamples:
         index = bootstrap_indices(y, n_resamples, seed)
         benefit = _net_benefit(y[index], p[index], thresholds)  # (resamples, thresholds)
         avoided = (benefit - (prevalence - (1 - prevalence) * odds)) / odds * PER_PATIENTS  # stratified: fixed prevalence
         frame["net_benefit_low"], frame["net_benefit_high"] = np.array([percentile_interval(b, level) for b in benefit.T]).T
-        frame["nia_low"], frame["nia_high"] = np.array([percentile_interval(a, level) for a in avoided.T]).T
+        frame[f"{NIA}_low"], frame[f"{NIA}_high"] = np.array([percentile_interval(a, level) for a in avoided.T]).T
     frame.insert(0, "target", target)
     return frame

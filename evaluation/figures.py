@@ -16,7 +16,7 @@ from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay  # noqa: E40
 
 from preprocessing.atomic import atomic_path  # noqa: E402
 
-from .decision import TARGETS  # noqa: E402
+from .decision import NIA, PER_PATIENTS, TARGETS  # noqa: E402
 
 FORMATS = ("png", "svg")
 
@@ -64,19 +64,31 @@ def pr_figure(curves: dict[str, pd.DataFrame], legends: dict[str, str], title: s
 
 
 def decision_figure(curves: dict[str, pd.DataFrame], target: str):
-    """``curves``: method -> ``evaluation.decision_curve`` frame for ``target``."""
-    fig, ax = _axes(f"Decision curves: {TARGETS[target]}")
+    """``curves``: method -> ``evaluation.decision_curve`` frame for ``target``. Left: net benefit
+    against treat all and treat none; right: net interventions avoided per 1,000 patients, the
+    MRP paper's Fig. 5 (0 = treat all)."""
+    fig, (ax, avoided) = plt.subplots(1, 2, figsize=(11, 5))
+    fig.suptitle(f"Decision curves: {TARGETS[target]}")
     first = next(iter(curves.values()))
     for name, frame in curves.items():
         line, = ax.plot(frame.threshold, frame.net_benefit, label=name)
+        avoided.plot(frame.threshold, frame[NIA], color=line.get_color(), label=name)
         if "net_benefit_low" in frame:
             ax.fill_between(frame.threshold, frame.net_benefit_low, frame.net_benefit_high, color=line.get_color(),
                             alpha=0.15, lw=0)
+            avoided.fill_between(frame.threshold, frame[f"{NIA}_low"], frame[f"{NIA}_high"], color=line.get_color(),
+                                 alpha=0.15, lw=0)
     ax.plot(first.threshold, first.net_benefit_all, color="black", ls="--", lw=1, label="treat all")
     ax.axhline(0, color="grey", lw=1, label="treat none")
     top = max(first.net_benefit_all.max(), max(f.net_benefit.max() for f in curves.values()))
     ax.set(xlabel="threshold probability", ylabel="net benefit", ylim=(-0.05, top + 0.05), xlim=(0, 1))
     ax.legend(loc="upper right", fontsize="small")
+    avoided.axhline(0, color="black", ls="--", lw=1, label="treat all")
+    # at low thresholds the division by pt / (1 - pt) sends the curves far below 0: the axis keeps the
+    # clinically relevant range up to the largest possible value (every patient without the event spared)
+    avoided.set(xlabel="threshold probability", ylabel=f"net interventions avoided per {PER_PATIENTS:,} patients",
+                xlim=(0, 1), ylim=(-PER_PATIENTS / 4, PER_PATIENTS))
+    avoided.legend(loc="upper left", fontsize="small")
     return fig
 
 

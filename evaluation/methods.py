@@ -28,6 +28,8 @@ SKLEARN = "sklearn"
 # (None: every visit the model has, T0-T3). Rhpc variables and mammograms are pre-treatment.
 PHASES = {"pre": ("T0",), "mid": ("T0", "T1", "T2"), "post": None}
 PHASE_TEXT = {"pre": "pre-treatment (T0)", "mid": "mid-treatment (T0-T2)", "post": "post-treatment (T0-T3)"}
+# suffix of the truth.csv MRI oracles of a phase: T0 alone (pre); T0-T2 otherwise (T3 is in no oracle)
+PHASE_ORACLE = {"pre": "_t0", "mid": "", "post": ""}
 
 
 @dataclass(frozen=True)
@@ -119,10 +121,10 @@ def _mrp_methods() -> list[Method]:
         suffix = "" if phase == "post" else f"_{phase}"
         for variant, (imr_train, img_train, text) in variants.items():
             methods.append(Method(f"mrp_imr{variant}{suffix}", f"MRP: iMRrhpc{text}, {PHASE_TEXT[phase]}", MRP,
-                                  imr_train, network="imr", phase=phase, oracle="p_rhpc_mri"))
+                                  imr_train, network="imr", phase=phase, oracle="p_rhpc_mri" + PHASE_ORACLE[phase]))
             methods.append(Method(f"mrp{variant}{suffix}", f"MRP ensemble{text}: iMRrhpc {PHASE_TEXT[phase]} + "
                                   "iMGrhpc", MRP, imr_train, network="mrp", img_train=img_train, phase=phase,
-                                  oracle="p_rhpc_mg_mri"))
+                                  oracle="p_rhpc_mg_mri" + PHASE_ORACLE[phase]))
     return methods
 
 

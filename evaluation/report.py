@@ -20,7 +20,7 @@ import pandas as pd
 
 from preprocessing.atomic import atomic_write_csv, atomic_write_text
 
-from .decision import PER_PATIENTS, TARGETS, decision_curve
+from .decision import NIA, PER_PATIENTS, TARGETS, decision_curve
 from .delong import delong_test
 from .figures import calibration_figure, decision_figure, pr_figure, roc_figure, save
 from .methods import FIGURE_GROUPS, METHODS, MRP
@@ -30,8 +30,10 @@ from .subgroups import clinical_table, odds_ratios, subgroup_auroc, with_clinica
 COLUMNS = ["id", "outer_fold", "method", "probability", "label"]
 ORACLES = {"p_clinical": "clinical + subtype", "p_t0": "+ T0", "p_t0_t1": "+ T0, T1", "p_t0_t2": "+ T0, T1, T2"}
 # oracles of the MRP methods (multimodal synthetic cohorts): the truth.csv column a method's inputs
-# match (``Method.oracle``); the MRI oracles use the quantities of T0-T2 (T3 is in no oracle)
+# match (``Method.oracle``); the MRI oracles use the quantities of T0-T2, or of T0 alone for the
+# pre-treatment phase (T3 is in no oracle)
 MRP_ORACLES = {"p_rhpc": "clinical + rhpc", "p_rhpc_mg": "clinical + rhpc + mammogram",
+               "p_rhpc_mri_t0": "clinical + rhpc + MRI T0", "p_rhpc_mg_mri_t0": "clinical + rhpc + mammogram + MRI T0",
                "p_rhpc_mri": "clinical + rhpc + MRI T0-T2", "p_rhpc_mg_mri": "clinical + rhpc + mammogram + MRI T0-T2"}
 MRP_REFERENCES = ("mrp", "mrp_mid", "mrp_pre")  # default references of MRP runs without dualtask
 TABLE2 = ("AUROC", "sensitivity @0.5", "specificity @0.5", "AUPRC", "Brier")
@@ -128,10 +130,10 @@ def same_patients(reference: pd.DataFrame, other: pd.DataFrame, name: str) -> pd
     return merged
 
 
-def fmt(estimate: float, low: float, high: float) -> str:
+def fmt(estimate: float, low: float, high: float, digits: int = 3) -> str:
     if not np.isfinite(estimate):
         return "n/a"
-    return f"{estimate:.3f} [{low:.3f}, {high:.3f}]"
+    return f"{estimate:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def fmt_p(p: float) -> str:
@@ -208,8 +210,9 @@ def compute_statistics(predictions: dict[str, pd.DataFrame], validation: dict[st
                 rows[f"oracle {column}"] = (len(oracle), summary)
         for column, owner in mrp_oracles(names).items():  # each on the patients of the first method it matches
             if column not in table:
-                raise ValueError(f"{truth}: no column {column} (the oracle of {owner}); the truth.csv of a "
-                                 "multimodal synthetic cohort has it")
+                raise ValueError(f"{truth}: no column {column} (the oracle of {owner}); a cohort synthesised "
+                                 "before it was added lacks it: `python -m preprocessing synth` again with the same "
+                                 "seed writes it and leaves every other value and image as it was")
             oracle = predictions[owner][["id", "label"]].merge(table[["id", column]], on="id", how="left")
             if oracle[column].isna().any():
                 raise ValueError(f"{truth}: no {column} for {int(oracle[column].isna().sum())} patient(s) of {owner}")
@@ -330,10 +333,12 @@ def _decision_sections(curves: dict[str, pd.DataFrame], out: Path, n_resamples: 
         "target": at.target, "method": at.method, "threshold": at.threshold,
         "net_benefit": [fmt(r.net_benefit, r.net_benefit_low, r.net_benefit_high) for r in at.itertuples()],
         "net_benefit_all": at.net_benefit_all.round(3),
-        "interventions_avoided": [fmt(r.net_intervention_avoided, r.nia_low, r.nia_high) for r in at.itertuples()]})
-    text = (f"Net benefit with 95 % bootstrap bands; net interventions avoided per {PER_PATIENTS} patients against "
-            "treating all. non_pcr: identify non-responders before/mid treatment (event non-pCR, probability "
-            "1 - P(pCR)); pcr: identify responders before surgery. Full curves: decision_curves.csv.")
+        f"interventions avoided per {PER_PATIENTS:,}": [
+            fmt(*r, digits=1) for r in at[[NIA, f"{NIA}_low", f"{NIA}_high"]].itertuples(index=False)]})
+    text = (f"Net benefit with 95 % bootstrap bands; net interventions avoided per {PER_PATIENTS:,} patients (the "
+            "MRP paper's Fig. 5) against treating all. non_pcr: identify non-responders before/mid treatment (event "
+            "non-pCR, probability 1 - P(pCR)); pcr: identify responders before surgery. Full curves: "
+            "decision_curves.csv.")
     return [Section("Decision curves", [text], [table], paths),
             Section("Calibration", [], figures=[save(calibration_figure(curves), out / "figures", "calibration")[0]])]
 

@@ -32,7 +32,10 @@ Values go missing at rates that differ by variable and site (one site does no ge
 are tested mostly in the young and in triple-negative disease), never depending on ``r``, so an
 unknown value carries no likelihood. The oracle P(pCR | clinical, rhpc [, y_MG] [, MRI]) is then
 the Gaussian posterior of ``r`` times the likelihood of the observed response-linked variables,
-integrated over ``r`` by Gauss-Legendre quadrature to machine precision (``rhpc_oracle``).
+integrated over ``r`` by Gauss-Legendre quadrature to machine precision (``rhpc_oracle``), with
+the MRI quantities of T0-T2 (the mid-treatment information) or of T0 alone (pre-treatment, the
+``_t0`` columns): ``RHPC_ORACLES``. Oracles are functions of values already drawn and draw no
+random number, so adding one changes no other column.
 """
 
 from __future__ import annotations
@@ -95,9 +98,10 @@ ORACLE_VISITS = {"p_clinical": 0, "p_t0": 1, "p_t0_t1": 2, "p_t0_t2": 3}
 
 # Mammographic margin score y_MG (module docstring): about as informative as the week-3 MRI.
 MG_A, MG_B, MG_S = 0.25, 0.5, 0.8
-# rhpc oracles: (MRI visits, with the mammogram)
+# rhpc oracles: (MRI visits, with the mammogram). The MRI ones use T0-T2 (the mid-treatment
+# information), the _t0 ones T0 alone (pre-treatment); added last, so earlier columns keep their place
 RHPC_ORACLES = {"p_rhpc": (0, False), "p_rhpc_mg": (0, True), "p_rhpc_mri": (3, False),
-                "p_rhpc_mg_mri": (3, True)}
+                "p_rhpc_mg_mri": (3, True), "p_rhpc_mri_t0": (1, False), "p_rhpc_mg_mri_t0": (1, True)}
 IMAGED = ("laterality", "tumour_location", "breast_density", "focality")  # what a mammogram shows
 RHPC_COLUMNS = (
     "tumour_location", "laterality", "focality", "breast_density",

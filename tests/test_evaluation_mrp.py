@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from bundle_utils import bundle_scripts
 from evaluation.__main__ import main
@@ -94,6 +95,11 @@ def test_methods_phases_and_shared_models():
     assert ("mrp_fusion", (), None, "img") in METHODS["mrp_no_time_embedding"].trainings  # the full img model
     with pytest.raises(ValueError, match="unknown method"):
         parse_methods("mrp_img_pre")  # mammograms are pre-treatment: one method for every phase
+    # the oracle of a method has its phase's MRI information: T0 alone before treatment, else T0-T2
+    assert {n: METHODS[n].oracle for n in ("mrp_imr_pre", "mrp_pre", "mrp_imr_no_knowledge_pre", "mrp_imr_mid",
+                                           "mrp_mid", "mrp_imr", "mrp")} == {
+        "mrp_imr_pre": "p_rhpc_mri_t0", "mrp_pre": "p_rhpc_mg_mri_t0", "mrp_imr_no_knowledge_pre": "p_rhpc_mri_t0",
+        "mrp_imr_mid": "p_rhpc_mri", "mrp_mid": "p_rhpc_mg_mri", "mrp_imr": "p_rhpc_mri", "mrp": "p_rhpc_mg_mri"}
 
 
 def test_holdout_csvs_have_every_test_patient(run, cohort):
@@ -185,14 +191,20 @@ def test_report_rows_and_oracles(run, cohort):
     report = (run.out / "report" / "report.md").read_text()
     for name in HOLDOUT.split(","):
         assert f"| {name} " in report
-    for oracle in ("p_rhpc", "p_rhpc_mg", "p_rhpc_mri", "p_rhpc_mg_mri"):  # the MRP methods' oracles
-        assert f"| oracle {oracle} " in report
+    for oracle in ("p_rhpc", "p_rhpc_mg", "p_rhpc_mri", "p_rhpc_mg_mri", "p_rhpc_mri_t0", "p_rhpc_mg_mri_t0"):
+        assert f"| oracle {oracle} " in report  # the MRP methods' oracles, the _pre phase's with MRI T0 alone
     assert "| oracle p_t0_t1 " in report  # a two-stage method (lr_clinical) keeps the two-stage oracles
     assert "DeLong p vs mrp" in report and "MRP vs mrp_img: AUROC" in report
     metrics = pd.read_csv(run.out / "report" / "metrics.csv")
     n = metrics[metrics.metric == "AUROC"].set_index("method")["patients"]
     assert n["oracle p_rhpc_mg"] == n["mrp_img"] == len([i for i in cohort.ids(SPLIT.test_fold) if i in cohort.mammograms])
     assert n["oracle p_rhpc_mg_mri"] == n["mrp"] == len(cohort.ids(SPLIT.test_fold))
+    assert n["oracle p_rhpc_mri_t0"] == n["mrp_imr_pre"] and n["oracle p_rhpc_mg_mri_t0"] == n["mrp_pre"]
+    truth = pd.read_csv(cohort.truth, dtype={"id": str}).set_index("id")
+    pre = run.csv("predictions", "mrp_pre")
+    auroc = metrics[(metrics.metric == "AUROC")].set_index("method")["estimate"]
+    assert auroc["oracle p_rhpc_mg_mri_t0"] == pytest.approx(
+        roc_auc_score(pre.label, truth.loc[pre["id"], "p_rhpc_mg_mri_t0"]), abs=1e-9)
     # mrp_img is compared with the reference on the patients both were tested on
     assert "mrp_img: on the" in report and set(pd.read_csv(run.out / "report" / "delong.csv").method) >= {"mrp_img"}
 
@@ -214,6 +226,15 @@ def test_report_of_mrp_methods_alone(run, cohort, tmp_path):
         two_stage_truth, index=False)
     with pytest.raises(ValueError, match=r"no column p_rhpc \(the oracle of mrp_rhpc\)"):
         compute_statistics(predictions, None, two_stage_truth, None, None, 20, 0)
+    # a multimodal cohort synthesised before the pre-treatment (T0) oracles: the missing column is named
+    predictions = read_predictions([run.out / f"predictions_{n}.csv" for n in ("mrp_pre", "mrp_rhpc")])
+    older_truth = tmp_path / "older_truth.csv"
+    pd.read_csv(cohort.truth).drop(columns=["p_rhpc_mri_t0", "p_rhpc_mg_mri_t0"]).to_csv(older_truth, index=False)
+    with pytest.raises(ValueError, match=r"no column p_rhpc_mg_mri_t0 \(the oracle of mrp_pre\); a cohort "
+                                         "synthesised before it was added lacks it"):
+        compute_statistics(predictions, None, older_truth, None, None, 20, 0)
+    stats = compute_statistics(predictions, None, cohort.truth, None, None, 20, 0)
+    assert stats.reference == "mrp_pre" and "oracle p_rhpc_mg_mri_t0" in stats.rows
 
 
 def test_one_outer_fold_of_cv_with_one_inner_split(run, cohort, tmp_path):

@@ -51,6 +51,30 @@ def test_existing_columns_of_seed_0_are_unchanged():
         assert truth[f"true_{column}"].notna().all()
 
 
+def test_t0_oracles_change_no_other_value(monkeypatch, tmp_path):
+    """The pre-treatment oracles (MRI T0 only) draw no random number: without them the same seed
+    gives the same clinical table, the same other truth columns and the same rendering jobs (all
+    the DICOM renderers read, so the same images)."""
+    from preprocessing import cohort
+    from preprocessing.synth import patient_jobs
+
+    new = ["p_rhpc_mri_t0", "p_rhpc_mg_mri_t0"]
+    assert RHPC_ORACLES["p_rhpc_mri_t0"] == (1, False) and RHPC_ORACLES["p_rhpc_mg_mri_t0"] == (1, True)
+    state = np.random.get_state()
+    clinical, truth, jobs = patient_jobs(tmp_path, 24, 3, seed=5, resolution="demo", visits="realistic")
+    after = np.random.get_state()
+    assert state[0] == after[0] and np.array_equal(state[1], after[1]) and state[2:] == after[2:]
+    monkeypatch.setattr(cohort, "RHPC_ORACLES", {k: v for k, v in RHPC_ORACLES.items() if k not in new})
+    old_clinical, old_truth, old_jobs = patient_jobs(tmp_path, 24, 3, seed=5, resolution="demo", visits="realistic")
+    assert new[0] not in old_truth
+    pd.testing.assert_frame_equal(clinical, old_clinical)
+    pd.testing.assert_frame_equal(truth.drop(columns=new), old_truth)
+    pd.testing.assert_frame_equal(pd.DataFrame([j["patient"] for j in jobs]).drop(columns=new),
+                                  pd.DataFrame([j["patient"] for j in old_jobs]))
+    assert [{k: v for k, v in j.items() if k != "patient"} for j in jobs] == [
+        {k: v for k, v in j.items() if k != "patient"} for j in old_jobs]
+
+
 def test_values_are_the_schema_levels():
     clinical, _, _ = sample_cohort(3000, 4, 2)
     fields = {f.name: f for f in preset("synthetic").fields if f.group == "rhpc"}
@@ -155,6 +179,11 @@ def test_rhpc_oracles_are_calibrated_and_images_add_information(big):
             for name in ("p_clinical", "p_rhpc", "p_rhpc_mg", "p_rhpc_mri", "p_rhpc_mg_mri")}
     values = list(aucs.values())
     assert all(a < b for a, b in zip(values, values[1:])), aucs
+    # MRI T0 alone (pre-treatment) adds a little; T0-T2 more
+    for without, t0, t0_t2 in (("p_rhpc", "p_rhpc_mri_t0", "p_rhpc_mri"), ("p_rhpc_mg", "p_rhpc_mg_mri_t0",
+                                                                            "p_rhpc_mg_mri")):
+        assert aucs[without] < roc_auc_score(clinical["pCR"], truth[t0]) < aucs[t0_t2], t0
+    assert roc_auc_score(clinical["pCR"], truth["p_rhpc_mri_t0"]) > roc_auc_score(clinical["pCR"], truth["p_t0"])
     assert aucs["p_rhpc_mri"] > roc_auc_score(clinical["pCR"], truth["p_t0_t2"])  # rhpc adds to the same MRI
     for name in RHPC_ORACLES:  # exact posteriors: predicted and observed rates agree in every decile
         p = truth[name].to_numpy()
