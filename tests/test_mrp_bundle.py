@@ -360,6 +360,49 @@ def test_ensemble_weight_and_mrp_inference(trained, ensembled, cohort, tmp_path)
             assert float(row["probability"]) == pytest.approx(mr[entry["id"]], abs=1e-5)
 
 
+def test_inference_falls_back_on_the_rhpc_model(s, trained, ensembled, cohort, tmp_path):
+    """A patient with neither an MRI visit nor a mammogram: the rhpc model's probability when
+    models/model_rhpc.pt exists (``models_used`` rhpc), else excluded with its fold and reason."""
+    data = tmp_path / "cohort"  # the cohort with one test patient without mammograms stripped of its MRI visits
+    data.mkdir()
+    (data / "images").symlink_to(cohort.path / "images")
+    datalist = json.loads((cohort.path / "datalist.json").read_text())
+    bare = next(e for e in datalist["training"] if e["fold"] == cohort.test and not e.get("mammograms"))
+    for visit in ALL_VISITS:
+        bare.pop(visit, None)
+    (data / "datalist.json").write_text(json.dumps(datalist))
+    test = sorted(e["id"] for e in datalist["training"] if e["fold"] == cohort.test)
+    run = dict(dataset_dir=data, infer_folds=f"[{cohort.test}]", num_workers=0)
+
+    out = tmp_path / "with_rhpc"
+    _run(("inference",), tmp_path / "with_rhpc.log", tmp_path, ckpt_dir=trained.models, output_dir=out, **run)
+    rows = {r["id"]: r for r in _csv(out / "predictions.csv")}
+    assert sorted(rows) == test
+    assert {i for i, r in rows.items() if r["models_used"] == "rhpc"} == {bare["id"]}
+    assert [r["id"] for r in _csv(out / "predictions_rhpc.csv")] == [bare["id"]] and _csv(out / "excluded.csv") == []
+    checkpoint = torch.load(trained.models / "model_rhpc.pt", map_location="cpu", weights_only=True)
+    net = s.checkpoint.network_from_settings(checkpoint["settings"]).eval()
+    net.load_state_dict(checkpoint["model"])
+    item = s.data.select([bare], "rhpc", None, checkpoint["settings"]["clinical_fields"])[0]
+    with torch.no_grad():
+        logit = net(torch.as_tensor(item["rhpc_index"])[None], torch.as_tensor(item["age"])[None])
+    assert float(rows[bare["id"]]["probability"]) == pytest.approx(torch.sigmoid(logit).item(), abs=1e-5)
+    assert int(rows[bare["id"]]["label"]) == bare["label"]
+
+    models = tmp_path / "models"  # the same image models and weight, no rhpc model
+    models.mkdir()
+    for name in ("model_imr.pt", "model_img.pt", "ensemble.json"):
+        (models / name).symlink_to(trained.models / name)
+    out = tmp_path / "without_rhpc"
+    _run(("inference",), tmp_path / "without_rhpc.log", tmp_path, ckpt_dir=models, output_dir=out, **run)
+    assert _csv(out / "predictions.csv") == [r for i, r in sorted(rows.items()) if i != bare["id"]]
+    assert _csv(out / "excluded.csv") == [{
+        "id": bare["id"], "fold": str(cohort.test),
+        "reason": f"no MRI visit among {', '.join(ALL_VISITS)} and no mammogram; no rhpc model to fall back on "
+                  f"({models / 'model_rhpc.pt'} not found)"}]
+    assert f"patient {bare['id']}: no MRI visit among" in (tmp_path / "without_rhpc.log").read_text()
+
+
 def test_inference_without_an_ensemble_weight_is_a_clear_error(trained, cohort, tmp_path):
     models = tmp_path / "models"
     models.mkdir()
@@ -396,3 +439,44 @@ def test_metadata_verifies(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     metadata = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
     assert metadata["version"] == "0.1.0"
+
+
+def _verify_net_in_out(model: str, tmp_path: Path, **kwargs) -> None:
+    """MONAI's ``verify_net_in_out`` on ``network_def`` of train.json + evaluate.json, the network
+    built from the shipped settings (train.json) as a checkpoint would carry them, no cohort."""
+    from monai.bundle import verify_net_in_out
+
+    from preprocessing.schema import preset
+
+    train = json.loads((BUNDLE / "configs" / "train.json").read_text())
+    settings = {k: train[k] for k in train["model_settings"] if k != "_target_"}
+    settings.update(model=model, clinical_fields=preset("synthetic").field_record())
+    verify_net_in_out(net_id="network_def", meta_file=str(BUNDLE / "configs" / "metadata.json"),
+                      config_file=[str(BUNDLE / "configs" / f) for f in ("train.json", "evaluate.json")],
+                      device="cpu", bundle_root=str(BUNDLE), dataset_dir=str(tmp_path / "no_cohort"), model=model,
+                      model_settings=settings, **kwargs)
+
+
+def test_network_io_verifies_with_the_visit_axis_and_forward_arguments(s, tmp_path):
+    """verify_net_in_out feeds one random ``image`` (1, num_channels, *spatial_shape) of the
+    metadata and ``extra_forward_args``: iMRrhpc's image has a channel axis per visit, so the
+    spatial shape gains a leading 1, and four visits need ``phase`` (T1 and T2 share one)."""
+    inputs = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["network_data_format"]["inputs"]
+    train = json.loads((BUNDLE / "configs" / "train.json").read_text())
+    image = "_meta_#network_data_format#inputs#image#"
+    assert inputs["image"]["num_channels"] == len(train["visits"])
+    forward = {"visit_mask": torch.ones(1, len(train["visits"])),
+               "phase": torch.tensor([s.data.phase_indices(train["visits"], train["visit_phases"])]),
+               "rhpc_index": torch.zeros(1, inputs["rhpc_index"]["num_channels"], dtype=torch.int64),
+               "age": torch.full((1, inputs["age"]["num_channels"]), 50.0)}
+    _verify_net_in_out("imr", tmp_path, extra_forward_args=forward,
+                       **{image + "spatial_shape": [1, *inputs["image"]["spatial_shape"]]})
+    with pytest.raises(RuntimeError, match=r"input\[1, 4, 32, 32, 32\] to have 1 channels"):
+        _verify_net_in_out("imr", tmp_path, extra_forward_args=forward)  # the metadata's shape as it stands
+    # iMGrhpc (not in the metadata): the four views of 128 x 64 pixels (image_classes)
+    _verify_net_in_out("img", tmp_path, extra_forward_args={"view_mask": torch.ones(1, 4)},
+                       **{image + "spatial_shape": [1, 128, 64]})
+    # the rhpc model's input is level indices (int64); verify_net_in_out draws its input by torch.rand
+    with pytest.raises(NotImplementedError, match="for 'Long'"):
+        _verify_net_in_out("rhpc", tmp_path, **{image + "num_channels": inputs["rhpc_index"]["num_channels"],
+                                                image + "spatial_shape": [], image + "dtype": "int64"})

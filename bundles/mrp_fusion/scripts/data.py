@@ -132,12 +132,13 @@ def training_folds(entries: list[dict], val_fold: int, test_fold: int) -> list[i
     return folds
 
 
-def patient_ids(entries: list[dict], folds: Sequence[int] | None = None) -> list[str]:
-    """Ids of the patients in ``folds`` (all when None)."""
-    return [e["id"] for e in entries if folds is None or e.get("fold") in folds]
+def patient_folds(entries: list[dict], folds: Sequence[int] | None = None) -> dict[str, int | None]:
+    """Id -> fold of the patients in ``folds`` (all when None)."""
+    return {e["id"]: e.get("fold") for e in entries if folds is None or e.get("fold") in folds}
 
 
-def _write_exclusions(path: str, rows: list[dict]) -> None:
+def write_exclusions(path: str, rows: list[dict]) -> None:
+    """``id, fold, reason`` of the patients a model or the ensemble leaves out."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".tmp-{os.path.basename(path)}")
@@ -198,7 +199,7 @@ def select(entries: list[dict], model: str, folds: Sequence[int] | None, clinica
     for row in excluded:
         log.info("patient %s not used by the %s model: %s", row["id"], model, row["reason"])
     if exclusions:
-        _write_exclusions(exclusions, excluded)
+        write_exclusions(exclusions, excluded)
     if not items and not allow_empty:
         raise ValueError(f"no patient in fold(s) {folds} has the inputs of the {model} model"
                          + (f" ({len(excluded)} excluded, reasons in {exclusions})" if exclusions else ""))

@@ -12,12 +12,13 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from .data import write_exclusions
 from .ensemble import auroc, ensemble_weight, mrp_probability
 
 log = logging.getLogger(__name__)
@@ -118,33 +119,49 @@ def _combined(mr: PredictionWriter, mg: PredictionWriter) -> tuple[list[str], np
 class MRPWriter:
     """The MRP probability of every patient: ``w * p_img + (1 - w) * p_imr``, or the one model's
     probability where a patient has only MRI or only mammograms; writes ``id, probability,
-    models_used`` (``imr+img``, ``imr`` or ``img``; + ``label`` when every patient has one).
-    Patients of ``ids`` that neither model could see are logged and listed in ``excluded``."""
+    models_used`` (``imr+img``, ``imr``, ``img`` or ``rhpc``; + ``label`` when every patient has one).
+
+    A patient of ``patients`` (id -> fold) that neither image model could see gets the rhpc model's
+    probability from ``rhpc`` (``fallback.RhpcFallback``) when its checkpoint exists; otherwise the
+    patient is logged and listed in ``excluded`` (``id, fold, reason``; ``visits``: the MRI visits
+    inference looked for, named in the reason)."""
 
     def __init__(self, path: str, mr: PredictionWriter, mg: PredictionWriter, weight: float,
-                 ids: Sequence[str] | None = None, excluded: str | None = None):
+                 patients: Mapping[str, int | None] | None = None, excluded: str | None = None, rhpc=None,
+                 visits: Sequence[str] = ()):
         self.path, self.mr, self.mg, self.weight = path, mr, mg, float(weight)
-        self.ids, self.excluded = ids, excluded
+        self.patients, self.excluded, self.rhpc, self.visits = patients, excluded, rhpc, list(visits)
 
     def write(self) -> str:
         ids, p_mr, p_mg = _combined(self.mr, self.mg)
-        if not ids:
-            raise ValueError("no patient has an input of the MRI or the mammography model")
-        probability = mrp_probability(p_mg, p_mr, self.weight)
         used = ["imr+img" if not (np.isnan(a) or np.isnan(b)) else "imr" if np.isnan(b) else "img"
                 for a, b in zip(p_mr, p_mg)]
-        labels = {**self.mr.labels, **self.mg.labels}
-        labelled = all(i in labels for i in ids)
-        rows = [[i, f"{p:.6g}", u] + ([labels[i]] if labelled else []) for i, p, u in zip(ids, probability, used)]
-        write_csv(self.path, ["id", "probability", "models_used"] + ["label"] * labelled, rows)
-        if self.ids is not None:
-            missing = sorted(set(map(str, self.ids)) - set(ids))
-            for i in missing:
-                log.warning("patient %s: no MRI visit and no mammogram, no MRP prediction", i)
-            if self.excluded:
-                write_csv(self.excluded, ["id", "reason"], [[i, "no MRI visit and no mammogram"] for i in missing])
-        log.info("MRP predictions of %d patients (w_img = %.2f) written to %s", len(ids), self.weight, self.path)
+        rows = dict(zip(ids, zip(mrp_probability(p_mg, p_mr, self.weight), used)))
+        fallback = self.rhpc.writer if self.rhpc is not None else PredictionWriter()
+        rows.update((i, (p, "rhpc")) for i, p in fallback.probabilities.items())
+        if not rows:
+            raise ValueError("no patient has an input of the MRI or the mammography model"
+                             + ("" if self.rhpc is not None and self.rhpc.available else
+                                ", and there is no rhpc model to fall back on"))
+        labels = {**self.mr.labels, **self.mg.labels, **fallback.labels}
+        labelled = all(i in labels for i in rows)
+        write_csv(self.path, ["id", "probability", "models_used"] + ["label"] * labelled,
+                  [[i, f"{p:.6g}", u] + ([labels[i]] if labelled else []) for i, (p, u) in sorted(rows.items())])
+        if self.patients is not None:
+            self._exclude({str(i): fold for i, fold in self.patients.items() if str(i) not in rows})
+        log.info("MRP predictions of %d patients (w_img = %.2f; rhpc model alone: %d) written to %s", len(rows),
+                 self.weight, len(fallback.probabilities), self.path)
         return self.path
+
+    def _exclude(self, missing: dict[str, int | None]) -> None:
+        reason = f"no MRI visit among {', '.join(self.visits)} and no mammogram" if self.visits else \
+            "no MRI visit and no mammogram"
+        if self.rhpc is not None and not self.rhpc.available:
+            reason += f"; no rhpc model to fall back on ({self.rhpc.ckpt} not found)"
+        for i in missing:
+            log.warning("patient %s: %s, no MRP prediction", i, reason)
+        if self.excluded:
+            write_exclusions(self.excluded, [{"id": i, "fold": fold, "reason": reason} for i, fold in missing.items()])
 
 
 class EnsembleFitter:
