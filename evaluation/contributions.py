@@ -347,13 +347,14 @@ def contributions_figure(table: pd.DataFrame):
 
 
 def write_contributions(data: Path, out: Path, steps: int = 50, visits: Sequence[str] | None = None,
-                        report: Path | None = None, log=print) -> pd.DataFrame:
+                        report: Path | None = None, log=print, ablations: bool = True) -> pd.DataFrame:
     """Attribute every trained MRP network under ``out`` on its test patients; write
     ``report/contributions.csv`` and ``report/figures/contributions.{png,svg}`` (default
-    ``report``: ``out/report``, where cv, holdout and benchmark write their report)."""
+    ``report``: ``out/report``, where cv, holdout and benchmark write their report).
+    ``ablations=False`` leaves out the networks trained with an override file (``+``)."""
     from .figures import save
 
-    networks = trained_networks(out)
+    networks = [n for n in trained_networks(out) if ablations or "+" not in n.name]
     if not networks:
         raise FileNotFoundError(f"no trained MRP network under {Path(out) / 'models'} "
                                 f"({MRP}.<model>/<split>/models/model_<model>.pt with trained.json); "

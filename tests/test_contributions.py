@@ -272,8 +272,12 @@ def test_no_model_or_another_cohort_is_a_one_line_error(cohort, tmp_path, capsys
 def test_benchmark_adds_the_contributions_when_it_ran_mrp_methods(cohort, tmp_path, monkeypatch, method, written):
     s = bundle_scripts()
     _save_model(tmp_path, "rhpc", "test2_val1", s.networks.RhpcNet(FIELDS, embed_dim=E), "rhpc", _digest(cohort))
+    _save_model(tmp_path, "rhpc+ablation", "test2_val1", s.networks.RhpcNet(FIELDS, embed_dim=E), "rhpc",
+                _digest(cohort))
     monkeypatch.setattr(benchmark, "run_benchmark", lambda *args: (Predictions({}, {}), {}))
     monkeypatch.setattr(cli, "_report", lambda *args: None)
     assert cli.main(["benchmark", "--data", str(cohort), "--out", str(tmp_path), "--profile", "cpu",
                      "--method", method]) == 0
     assert (tmp_path / "report" / "contributions.csv").is_file() == written
+    if written:  # the benchmark attributes the main networks only, not the ablations
+        assert set(pd.read_csv(tmp_path / "report" / "contributions.csv").network) == {"rhpc"}

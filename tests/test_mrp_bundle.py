@@ -219,6 +219,23 @@ def test_training_loader_draws_new_visit_subsets_each_epoch(s, cohort, tmp_path)
         assert item["visit_mask"].tolist() == [float(v in visits_of[item["id"]]) for v in ALL_VISITS]
 
 
+@pytest.mark.parametrize("model", ["rhpc", "imr", "img"])
+def test_optimizer_trains_the_response_head_faster_in_the_cpu_profile(s, cohort, tmp_path, model):
+    """The CPU profile trains each image model's response classifier (``head``) at 10x the learning
+    rate (the rhpc model at 1x: its head reads only rhpc features, and a faster one overfits them);
+    every weight is in exactly one group."""
+    parser = _train_config(s, cohort, tmp_path, model=model)
+    network, optimizer = parser.get_parsed_content("network"), parser.get_parsed_content("optimizer")
+    factor = 1.0 if model == "rhpc" else 10.0
+    assert parser.get_parsed_content("head_lr_factor") == factor
+    grouped = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in network.parameters())
+    head = {id(p) for p in network.head.parameters()}
+    rate = parser.get_parsed_content("learning_rate")
+    for group in optimizer.param_groups:
+        assert all(group["lr"] == pytest.approx(rate * (factor if id(p) in head else 1.0)) for p in group["params"])
+
+
 def test_spatial_augmentation_moves_every_visit_alike(s, cohort, tmp_path):
     parser = _train_config(s, cohort, tmp_path, model="imr", noise_std=0.0)
     transform = parser.get_parsed_content("train#preprocessing")

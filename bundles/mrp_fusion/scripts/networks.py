@@ -233,3 +233,15 @@ def mrp_network(model: str, clinical_fields: Sequence[dict], widen_factor: float
     if model == "img":
         return IMGrhpc(clinical_fields, in_channels, widen_factor, embed_dim, knowledge_predictor, age_stats)
     raise ValueError(f"model must be one of rhpc, imr, img, got {model!r}")
+
+
+def parameter_groups(network: nn.Module, learning_rate: float, head_lr_factor: float = 1.0) -> list[dict]:
+    """Optimiser groups: the response classifier (``head``) at ``learning_rate * head_lr_factor``,
+    everything else at ``learning_rate``. Adam moves a weight by about the learning rate per step,
+    so the few steps of a short run cannot grow the classifier's weights to the size the fused
+    features need; a faster head lets them (the pCR bundles' CPU profile does the same)."""
+    head = [p for n, p in network.named_parameters() if n.startswith("head.")]
+    if not head:
+        raise ValueError(f"{type(network).__name__} has no 'head' layer")
+    rest = [p for n, p in network.named_parameters() if not n.startswith("head.")]
+    return [{"params": rest, "lr": learning_rate}, {"params": head, "lr": learning_rate * head_lr_factor}]
