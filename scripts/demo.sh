@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Main job: set up, generate the default synthetic cohort (240 patients, 3 sites), prepare it,
 # then train and test the two-stage models and the conventional baselines on one split, and
-# write the evaluation report (runs/demo/report/report.html).
+# write the evaluation report (runs/demo/report/report.html); then the same for the MRP fusion
+# models of Gao et al. before treatment and after it (runs/demo_mrp/report/report.html).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -14,3 +15,5 @@ $PY -m preprocessing prepare --raw "$DATA/raw" --out "$DATA/prepared" > /dev/nul
 echo "prepared cohort: $DATA/prepared (datalist.json, exclusions.csv, images/)"
 $PY -m preprocessing summary "$DATA/prepared" --truth "$DATA/raw/truth.csv"
 $PY -m evaluation holdout --data "$DATA/prepared" --truth "$DATA/raw/truth.csv" --out "${RUNS:-runs}/demo"
+$PY -m evaluation holdout --data "$DATA/prepared" --truth "$DATA/raw/truth.csv" --out "${RUNS:-runs}/demo_mrp" \
+  --method mrp,mrp_imr,mrp_pre,mrp_imr_pre,mrp_img,mrp_rhpc
