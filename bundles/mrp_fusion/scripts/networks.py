@@ -235,6 +235,33 @@ def mrp_network(model: str, clinical_fields: Sequence[dict], widen_factor: float
     raise ValueError(f"model must be one of rhpc, imr, img, got {model!r}")
 
 
+def load_backbone(network: nn.Module, path: str | None) -> nn.Module:
+    """Initialise the image model's ResNet18 (``network.encoder.resnet``) from the state dict in
+    ``path`` (``None``: from scratch, the default). A ``state_dict`` wrapper and the ``module.``
+    prefix of data-parallel checkpoints (MedicalNet's) are accepted; every other key must match
+    the bundle's ResNet exactly (same ``widen_factor``, MONAI's shortcut type B, one input channel),
+    or the error names the file and the first mismatches: a partly loaded backbone would train
+    silently from a mix of weights."""
+    if not path:
+        return network
+    encoder = getattr(network, "encoder", None)
+    if encoder is None:
+        raise ValueError(f"backbone_ckpt {path}: the {type(network).__name__} model has no image backbone")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    own = encoder.resnet.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shapes:
+        problems = [f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for label, keys in
+                    (("missing", missing), ("unexpected", unexpected), ("shape differs for", shapes)) if keys]
+        raise ValueError(f"backbone_ckpt {path} does not fit the bundle's ResNet18: {'; '.join(problems)}")
+    encoder.resnet.load_state_dict(state)
+    return network
+
+
 def parameter_groups(network: nn.Module, learning_rate: float, head_lr_factor: float = 1.0) -> list[dict]:
     """Optimiser groups: the response classifier (``head``) at ``learning_rate * head_lr_factor``,
     everything else at ``learning_rate``. Adam moves a weight by about the learning rate per step,
