@@ -519,3 +519,52 @@ def test_backbone_checkpoint_initialises_the_image_resnet_or_is_refused(s, cohor
             _train_config(s, cohort, tmp_path, model=model, backbone_ckpt=str(tmp_path / path)
                           ).get_parsed_content("network")
         assert message in str(raised.value.__cause__)
+
+
+def test_torchscript_and_onnx_export_match_the_network(s, trained, tmp_path):
+    """``ckpt_export`` writes TorchScript of a trained checkpoint with no width given (the network
+    built from its saved settings), and ``scripts.onnx_export`` ONNX with every input named; both
+    give the network's output for any visit or view subset and batch size."""
+    import onnxruntime
+
+    rng = torch.Generator().manual_seed(0)
+    for model in ("imr", "img", "rhpc"):
+        checkpoint = trained.models / f"model_{model}.pt"
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        settings = saved["settings"]
+        net = s.networks.mrp_network(model, settings["clinical_fields"], settings["widen_factor"]).eval()
+        net.load_state_dict(saved["model"])
+        size = (16, 16, 16)
+        s.onnx_export.export_onnx(net, str(tmp_path / f"{model}.onnx"), model, mg_size=MG_SIZE)
+        inputs = list(s.onnx_export.example_inputs(net, model, mg_size=MG_SIZE, size=size, batch=3))
+        if model != "rhpc":
+            inputs[0] = torch.rand(inputs[0].shape, generator=rng)
+            inputs[1] = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0]])
+        with torch.no_grad():
+            expected = net(*inputs).numpy()
+        session = onnxruntime.InferenceSession(str(tmp_path / f"{model}.onnx"))
+        names = s.onnx_export.INPUTS[model]
+        onnx_out = session.run(None, {n: v.numpy() for n, v in zip(names, inputs)})[0]
+        np.testing.assert_allclose(onnx_out, expected, rtol=1e-4, atol=1e-5)
+        if model == "imr":  # TorchScript through MONAI's ckpt_export, from the checkpoint's settings
+            command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "--net_id", "network_def",
+                       "--filepath", str(tmp_path / "imr.ts"), "--ckpt_file", str(checkpoint), "--key_in_ckpt", "model",
+                       "--config_file", repr([str(BUNDLE / "configs" / f) for f in ("train.json", "evaluate.json")]),
+                       "--meta_file", str(BUNDLE / "configs" / "metadata.json"), "--bundle_root", str(BUNDLE),
+                       "--model", "imr", "--dataset_dir", str(trained.split["dataset_dir"]), "--ckpt_dir", str(trained.models)]
+            done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True,
+                                  env=dict(os.environ, PYTHONPATH=str(BUNDLE)))
+            assert done.returncode == 0, done.stderr[-3000:]
+            with torch.no_grad():
+                np.testing.assert_allclose(torch.jit.load(str(tmp_path / "imr.ts"))(*inputs).numpy(), expected,
+                                           rtol=1e-4, atol=1e-5)
+
+
+def test_mlflow_tracking(trained, cohort, tmp_path):
+    import mlflow
+
+    _run(("train", "profile_cpu"), tmp_path / "train.log", tmp_path, model="rhpc", ckpt_dir=tmp_path / "models",
+         output_dir=tmp_path / "eval", tracking="mlflow", **trained.split, **FAST)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert len(runs) == 1 and {"metrics.val_loss", "metrics.val_auc", "metrics.train_loss"} <= set(runs.columns)
