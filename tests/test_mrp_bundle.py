@@ -560,9 +560,11 @@ def test_torchscript_and_onnx_export_match_the_network(s, trained, tmp_path):
                                            rtol=1e-4, atol=1e-5)
 
 
-def test_mlflow_tracking(trained, cohort, tmp_path):
+def test_mlflow_tracking(trained, cohort, tmp_path, monkeypatch):
     import mlflow
 
+    # mlflow.set_tracking_uri (another test's) exports MLFLOW_TRACKING_URI, which the bundle run would inherit
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     _run(("train", "profile_cpu"), tmp_path / "train.log", tmp_path, model="rhpc", ckpt_dir=tmp_path / "models",
          output_dir=tmp_path / "eval", tracking="mlflow", **trained.split, **FAST)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
