@@ -18,8 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-INPUTS = {"rhpc": ("rhpc_index", "age"), "imr": ("image", "visit_mask", "phase", "rhpc_index", "age"),
-          "img": ("image", "view_mask", "rhpc_index", "age")}
+from .engine import INPUTS  # each network's forward arguments, in order: the ONNX input names
 
 
 def example_inputs(network: nn.Module, model: str, visits: int = 4, size: tuple = (16, 16, 16),
