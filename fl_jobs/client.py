@@ -59,7 +59,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     exclude = re.compile("|".join(f"(?:{r})" for r in (FROZEN, args.exclude_vars) if r))
     bundle_root = str(find_bundle(args.bundle))
-    overrides = {"bundle_root": bundle_root, "dataset_dir": args.data, **json.loads(args.overrides)}
+    # no weight averaging across iterations (ema_momentum None): each round starts from the global
+    # weights, and an average reaching back into earlier rounds would mix this site's weights from
+    # before aggregation into its validation and best checkpoint; FedAvg is the averaging here
+    overrides = {"bundle_root": bundle_root, "dataset_dir": args.data, "ema_momentum": None,
+                 **json.loads(args.overrides)}
     train_files = relative_config_files(("train",), args.profile)
     flare.init()
     site = flare.get_site_name()

@@ -346,3 +346,40 @@ def test_the_head_learns_faster_under_the_cpu_profile_only(bundle, cls):
         assert all(rates[i] == pytest.approx(parser["learning_rate"] * (factor if i in head else 1.0)) for i in rates)
         # the config's own optimizer is built the same way
         assert parser["optimizer"]["params"]["_target_"] == "scripts.layers.parameter_groups"
+
+
+@pytest.mark.parametrize("bundle", ["pcr_teacher", "pcr_dualtask"])
+@pytest.mark.parametrize("profile,momentum", [((), None), (("profile_cpu",), 0.05)])
+def test_validation_and_checkpoint_use_the_moving_average_of_the_weights(bundle, profile, momentum, tmp_path,
+                                                                         fake_prepared):
+    """One optimiser step (6 training patients, batch 16): the validator scores, and the checkpoint
+    keeps, (1 - momentum) x the initial weights + momentum x the trained ones under the CPU profile
+    (0.05), the trained weights themselves in the paper's settings (no average)."""
+    parser = merged_config(bundle, *profile)
+    assert parser["ema_momentum"] == momentum
+    parser.update({"bundle_root": str(BUNDLES / bundle), "dataset_dir": str(fake_prepared), "epochs": 1,
+                   "ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval"),
+                   "val_fold": 1, "test_fold": 2, "widen_factor": 0.0625})
+    with bundle_scripts(bundle) as s:
+        if bundle == "pcr_dualtask":  # stage-2 targets: a teacher representation of the network's width
+            import pandas as pd
+
+            entries = s.data.load_datalist(str(fake_prepared))
+            path = tmp_path / "teacher_features.csv"
+            pd.DataFrame([{"id": e["id"], **{f"f{i}": 1.0 for i in range(32)}} for e in entries]).to_csv(path, index=False)
+            (tmp_path / "teacher_features.csv.json").write_text(json.dumps(
+                {"fold_digest": s.data.fold_digest(entries), "train_folds": [0], "val_fold": 1, "test_fold": 2}))
+            parser["teacher_features"] = str(path)
+        trainer = parser.get_parsed_content("train#trainer")
+        initial = {k: v.clone() for k, v in parser.get_parsed_content("network").state_dict().items()}
+        trainer.run()
+        assert trainer.state.iteration == 1
+        trained = parser.get_parsed_content("network").state_dict()
+        validated = parser.get_parsed_content("validate#evaluator").network
+        ema = parser.get_parsed_content("ema")
+        assert validated is (parser.get_parsed_content("network") if momentum is None else ema.ema_model)
+    saved = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
+    name = "head.weight"
+    assert not torch.allclose(trained[name], initial[name])
+    expected = trained[name] if momentum is None else (1 - momentum) * initial[name] + momentum * trained[name]
+    assert torch.allclose(saved[name], expected, atol=1e-6)
