@@ -185,6 +185,26 @@ def test_random_visit_subsets_are_non_empty_available_and_vary(s):
     assert all(150 < n < 250 for n in seen.values())  # uniformly (1400 / 7 = 200 each)
 
 
+def test_per_phase_visit_subsets_draw_each_phase_as_often(s):
+    """With ``phase_key``: a phase uniformly among those the patient has reached, then a non-empty
+    subset of the visits acquired by then. Visits T0..T3 at phases pre, mid, mid, post, T1 missing:
+    pre {T0} 1/3; mid: 3 subsets of {T0, T2}, 1/9 each; post: 7 subsets of {T0, T2, T3}, 1/21 each."""
+    subset = s.data.RandVisitSubsetd(phase_key="phase")
+    subset.set_random_state(0)
+    item = {"image": torch.ones(4, 2, 2, 2), "visit_mask": np.array([1, 0, 1, 1], dtype=np.float32),
+            "phase": np.array([0, 1, 1, 2])}
+    n = 21000
+    seen = Counter(tuple(subset(item)["visit_mask"].astype(int)) for _ in range(n))
+    expected = {(1, 0, 0, 0): 1 / 3 + 1 / 9 + 1 / 21, (0, 0, 1, 0): 1 / 9 + 1 / 21, (1, 0, 1, 0): 1 / 9 + 1 / 21,
+                (0, 0, 0, 1): 1 / 21, (1, 0, 0, 1): 1 / 21, (0, 0, 1, 1): 1 / 21, (1, 0, 1, 1): 1 / 21}
+    assert set(seen) == set(expected)
+    assert all(seen[k] / n == pytest.approx(p, abs=0.012) for k, p in expected.items())
+    # a patient without the pre-treatment scan has reached mid and post only
+    late = dict(item, visit_mask=np.array([0, 1, 0, 1], dtype=np.float32))
+    seen = Counter(tuple(subset(late)["visit_mask"].astype(int)) for _ in range(6000))
+    assert seen[(0, 1, 0, 0)] / 6000 == pytest.approx(1 / 2 + 1 / 6, abs=0.02)
+
+
 def _train_config(s, cohort, tmp_path, **overrides):
     from monai.bundle import ConfigParser
 

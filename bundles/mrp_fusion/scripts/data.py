@@ -266,22 +266,34 @@ class StackSlotsd(MapTransform):
 
 class RandVisitSubsetd(RandomizableTransform, MapTransform):
     """Keep a random non-empty subset of a patient's available images (the MRP training loader:
-    "random combinations of available data per phase of NAT"): each draw picks, uniformly, one of
-    the 2^n - 1 non-empty subsets of the n images ``mask_key`` marks present, sets the mask of the
-    others to 0 and zeroes their images (``image_key`` (N, ...)). A new draw on every call, so a
-    patient is seen with other visits in each epoch."""
+    "random combinations of available data per phase of NAT"), set the mask of the others to 0
+    and zero their images (``image_key`` (N, ...)). A new draw on every call, so a patient is seen
+    with other visits in each epoch.
 
-    def __init__(self, mask_key: str = "visit_mask", image_key: str = "image", prob: float = 1.0):
+    Without ``phase_key``: a uniform draw among the 2^n - 1 non-empty subsets of the n images
+    ``mask_key`` marks present. With ``phase_key`` (each slot's phase index, pre 0 / mid 1 / post 2):
+    first a phase, uniformly among those by which the patient has an image, then a uniform
+    non-empty subset of the images acquired by then, so that each phase's data (T0 alone before
+    treatment) is drawn as often as the others."""
+
+    def __init__(self, mask_key: str = "visit_mask", image_key: str = "image", prob: float = 1.0,
+                 phase_key: str | None = None):
         MapTransform.__init__(self, [mask_key, image_key])
         RandomizableTransform.__init__(self, prob)
-        self.mask_key, self.image_key = mask_key, image_key
+        self.mask_key, self.image_key, self.phase_key = mask_key, image_key, phase_key
         self._subset: np.ndarray | None = None
 
-    def randomize(self, mask: np.ndarray) -> None:
+    def randomize(self, mask: np.ndarray, phases: np.ndarray | None = None) -> None:
         super().randomize(None)
-        available = np.flatnonzero(np.asarray(mask) > 0)
-        if not available.size:
+        present = np.asarray(mask) > 0
+        if not present.any():
             raise ValueError("a patient has no available image")
+        if phases is not None:
+            phases = np.asarray(phases)
+            reached = sorted({int(p) for p in phases[present]})  # the patient's phases with an image
+            # a phase's data: every image acquired by then (an earlier phase's images included)
+            present &= phases <= max(reached[:1 + self.R.randint(len(reached))])
+        available = np.flatnonzero(present)
         code = self.R.randint(1, 2 ** available.size)  # 1 .. 2^n - 1: never the empty subset
         keep = available[[(code >> bit) & 1 == 1 for bit in range(available.size)]]
         self._subset = np.zeros(len(mask), dtype=bool)
@@ -290,7 +302,7 @@ class RandVisitSubsetd(RandomizableTransform, MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         mask = np.asarray(d[self.mask_key], dtype=np.float32)
-        self.randomize(mask)
+        self.randomize(mask, None if self.phase_key is None else np.asarray(d[self.phase_key]))
         if not self._do_transform:
             return d
         d[self.mask_key] = (mask * self._subset).astype(np.float32)
