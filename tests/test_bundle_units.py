@@ -171,9 +171,9 @@ def test_prepare_batch_builds_label_plus_teacher_target():
         assert torch.equal(target[:, 1:], batch["teacher"]) and torch.equal(args[0], batch["clinical"])
 
 
-def _features(tmp_path, entries, s, **sidecar):
+def _features(tmp_path, entries, s, values=(0.5, 1.5), **sidecar):
     path = tmp_path / "features.csv"
-    rows = [{"id": e["id"], "f0": 0.5, "f1": 1.5} for e in entries]
+    rows = [{"id": e["id"], **{f"f{i}": v for i, v in enumerate(values)}} for e in entries]
     import pandas as pd
 
     pd.DataFrame(rows).to_csv(path, index=False)
@@ -362,14 +362,8 @@ def test_validation_and_checkpoint_use_the_moving_average_of_the_weights(bundle,
                    "val_fold": 1, "test_fold": 2, "widen_factor": 0.0625})
     with bundle_scripts(bundle) as s:
         if bundle == "pcr_dualtask":  # stage-2 targets: a teacher representation of the network's width
-            import pandas as pd
-
             entries = s.data.load_datalist(str(fake_prepared))
-            path = tmp_path / "teacher_features.csv"
-            pd.DataFrame([{"id": e["id"], **{f"f{i}": 1.0 for i in range(32)}} for e in entries]).to_csv(path, index=False)
-            (tmp_path / "teacher_features.csv.json").write_text(json.dumps(
-                {"fold_digest": s.data.fold_digest(entries), "train_folds": [0], "val_fold": 1, "test_fold": 2}))
-            parser["teacher_features"] = str(path)
+            parser["teacher_features"] = _features(tmp_path, entries, s, values=[1.0] * 32)
         trainer = parser.get_parsed_content("train#trainer")
         initial = {k: v.clone() for k, v in parser.get_parsed_content("network").state_dict().items()}
         trainer.run()

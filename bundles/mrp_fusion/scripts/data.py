@@ -292,7 +292,7 @@ class RandVisitSubsetd(RandomizableTransform, MapTransform):
             phases = np.asarray(phases)
             reached = sorted({int(p) for p in phases[present]})  # the patient's phases with an image
             # a phase's data: every image acquired by then (an earlier phase's images included)
-            present &= phases <= max(reached[:1 + self.R.randint(len(reached))])
+            present &= phases <= reached[self.R.randint(len(reached))]
         available = np.flatnonzero(present)
         code = self.R.randint(1, 2 ** available.size)  # 1 .. 2^n - 1: never the empty subset
         keep = available[[(code >> bit) & 1 == 1 for bit in range(available.size)]]
@@ -302,7 +302,7 @@ class RandVisitSubsetd(RandomizableTransform, MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         mask = np.asarray(d[self.mask_key], dtype=np.float32)
-        self.randomize(mask, None if self.phase_key is None else np.asarray(d[self.phase_key]))
+        self.randomize(mask, None if self.phase_key is None else d[self.phase_key])
         if not self._do_transform:
             return d
         d[self.mask_key] = (mask * self._subset).astype(np.float32)
