@@ -256,6 +256,31 @@ def test_optimizer_trains_the_response_head_faster_in_the_cpu_profile(s, cohort,
         assert all(group["lr"] == pytest.approx(rate * (factor if id(p) in head else 1.0)) for p in group["params"])
 
 
+@pytest.mark.parametrize("profile_momentum", [0.05, None])
+def test_cpu_profile_validates_and_saves_the_moving_average_of_the_weights(s, cohort, tmp_path, profile_momentum):
+    """One optimiser step (the rhpc model, one batch of every training patient): under the CPU profile
+    the validator scores, and the checkpoint keeps, 0.95 x the initial + 0.05 x the trained weights;
+    with the average off (``train.json``'s own setting) the trained weights themselves."""
+    from monai.bundle import ConfigParser
+
+    assert ConfigParser.load_config_file(str(BUNDLE / "configs" / "train.json"))["ema_momentum"] is None
+    off = {} if profile_momentum else {"ema_momentum": None}
+    parser = _train_config(s, cohort, tmp_path, model="rhpc", batch_size=len(cohort.entries), epochs=1, **off)
+    assert parser.get_parsed_content("ema_momentum") == profile_momentum
+    network = parser.get_parsed_content("network")
+    initial = {k: v.clone() for k, v in network.state_dict().items()}
+    trainer = parser.get_parsed_content("train#trainer")
+    trainer.run()
+    assert trainer.state.iteration == 1
+    ema = parser.get_parsed_content("ema")
+    assert parser.get_parsed_content("validate#evaluator").network is (ema.ema_model if profile_momentum else network)
+    trained = network.state_dict()["head.weight"]
+    assert not torch.allclose(trained, initial["head.weight"])
+    saved = torch.load(tmp_path / "model_rhpc.pt", map_location="cpu", weights_only=True)["model"]["head.weight"]
+    m = profile_momentum or 1.0
+    torch.testing.assert_close(saved, (1 - m) * initial["head.weight"] + m * trained)
+
+
 def test_spatial_augmentation_moves_every_visit_alike(s, cohort, tmp_path):
     parser = _train_config(s, cohort, tmp_path, model="imr", noise_std=0.0)
     transform = parser.get_parsed_content("train#preprocessing")
