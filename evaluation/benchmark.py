@@ -35,9 +35,13 @@ def bundle_settings(profile: str, bundle: str = TEACHER) -> dict:
     """Top-level training settings of ``bundle`` under ``profile`` (the stage-1 bundle's are stage 2's too;
     mrp_fusion has its own profile, with the mammograms' size)."""
     merged = merged_settings(bundle, ("train",), profile)
-    keys = ("epochs", "widen_factor", "spatial_size", "batch_size", "learning_rate", "seed") + (
+    keys = ("epochs", "widen_factor", "spatial_size", "batch_size", "learning_rate", "ema_momentum", "seed") + (
         ("mg_size",) if bundle == MRP else ())
     return {k: merged[k] for k in keys}
+
+
+def _averaging(momentum: float | None) -> str:
+    return f"moving average of the weights (momentum {momentum})" if momentum else "no weight average"
 
 
 def profile_text(profile: str, methods: list[Method], epochs: int | None = None) -> str:
@@ -52,7 +56,7 @@ def profile_text(profile: str, methods: list[Method], epochs: int | None = None)
         mammograms = f"mammogram pixels {s['mg_size'] or 'as prepared'}, " if bundle == MRP else ""
         parts.append(f"{name}epochs {s['epochs']}, widen_factor {s['widen_factor']}, input voxels "
                      f"{s['spatial_size'] or 'as prepared'}, {mammograms}batch size {s['batch_size']}, "
-                     f"learning rate {s['learning_rate']}")
+                     f"learning rate {s['learning_rate']}, {_averaging(s['ema_momentum'])}")
     return f"{profile}: " + "; ".join(parts)
 
 

@@ -11,7 +11,9 @@ def _described(settings: dict, mammograms: bool = False) -> str:
     sizes = (f"input voxels {settings['spatial_size'] or 'as prepared'}, "
              + (f"mammogram pixels {settings['mg_size'] or 'as prepared'}, " if mammograms else ""))
     return (f"epochs {settings['epochs']}, widen_factor {settings['widen_factor']}, {sizes}batch size "
-            f"{settings['batch_size']}, learning rate {settings['learning_rate']}")
+            f"{settings['batch_size']}, learning rate {settings['learning_rate']}, "
+            + (f"moving average of the weights (momentum {settings['ema_momentum']})" if settings["ema_momentum"]
+               else "no weight average"))
 
 
 @pytest.mark.parametrize("profile", ["cpu", "gpu"])
