@@ -153,9 +153,8 @@ class Runner:
         return self.epochs or int(merged_settings(TEACHER, ("train",), self.profile)["epochs"])
 
     def bundle_epochs(self, bundle: str) -> int:
-        """Epochs of one training of ``bundle`` under this run's profile (or ``epochs``)."""
-        if bundle in (TEACHER, DUALTASK):
-            return self.profile_epochs
+        """Epochs of one training of ``bundle`` under this run's profile (or ``epochs``): each bundle's
+        own, as stage 2's profile may train longer than stage 1's."""
         return self.epochs or int(merged_settings(bundle, ("train",), self.profile)["epochs"])
 
     def run_bundle(self, bundle: str, configs: tuple[str, ...], log: Path, on_epoch=None, **overrides) -> None:

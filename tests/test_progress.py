@@ -39,3 +39,17 @@ def test_progress_names_the_model_its_epoch_and_the_time_left(caplog):
     assert lines[-1].endswith(" left")
     progress.model_done()
     assert progress.finished == 1 and progress.done_epochs == 10
+
+
+def test_each_bundle_counts_its_own_profile_epochs(tmp_path, monkeypatch):
+    """Stage 2's profile may train longer than stage 1's: its progress counts its own epochs, and a
+    run's ``epochs`` replaces every bundle's."""
+    import evaluation.runner as runner_module
+    from evaluation.methods import DUALTASK, MRP, TEACHER
+
+    epochs = {TEACHER: 30, DUALTASK: 60, MRP: 40}
+    monkeypatch.setattr(runner_module, "merged_settings", lambda bundle, configs, profile: {"epochs": epochs[bundle]})
+    runner = runner_module.Runner(tmp_path, tmp_path / "out", "cpu")
+    assert {b: runner.bundle_epochs(b) for b in epochs} == epochs
+    fixed = runner_module.Runner(tmp_path, tmp_path / "out", "cpu", epochs=2)
+    assert {fixed.bundle_epochs(b) for b in epochs} == {2}
