@@ -79,7 +79,7 @@ def plan_trainings(runner: Runner, methods: list[Method], splits: list[Split]) -
         runner.progress.plan(count, runner.bundle_epochs(bundle))
     total, epochs = sum(ahead.values()), sorted({runner.bundle_epochs(bundle) for bundle in ahead})
     log.info("%d model(s) to train (%d split(s)), %s epochs each", total, len(splits),
-             " or ".join(map(str, epochs or [runner.profile_epochs])))
+             " or ".join(map(str, epochs or [runner.bundle_epochs(TEACHER)])))
 
 
 def independent_groups(methods: list[Method]) -> list[list[Method]]:

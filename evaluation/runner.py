@@ -148,10 +148,6 @@ class Runner:
         """Digests of the bundles' files when this run started (edits during a run change nothing)."""
         return {bundle: bundle_digest(bundle) for bundle in (TEACHER, DUALTASK, MRP)}
 
-    @cached_property
-    def profile_epochs(self) -> int:
-        return self.epochs or int(merged_settings(TEACHER, ("train",), self.profile)["epochs"])
-
     def bundle_epochs(self, bundle: str) -> int:
         """Epochs of one training of ``bundle`` under this run's profile (or ``epochs``): each bundle's
         own, as stage 2's profile may train longer than stage 1's."""
