@@ -23,7 +23,7 @@ import torch
 from preprocessing.atomic import atomic_write_json
 
 from .cv import Predictions, nested_cv
-from .methods import MRP, TEACHER, TWO_STAGE, Method, parse_methods
+from .methods import MRP, TEACHER, TWO_STAGE, Method, is_mrp, parse_methods
 from .runner import Runner, merged_settings, threads_per_job
 
 # cpu: two inner splits per outer fold (soft voting over two models), the CPU profile's epochs,
@@ -47,7 +47,7 @@ def _averaging(momentum: float | None) -> str:
 def profile_text(profile: str, methods: list[Method], epochs: int | None = None) -> str:
     """The run description's profile: the settings of the bundles the methods train, so that a run
     of MRP methods quotes mrp_fusion's profile and not the pCR bundles' (both, named, when mixed)."""
-    mrp = [m for m in methods if m.bundle == MRP]
+    mrp = [m for m in methods if is_mrp(m.name)]
     bundles = ([TEACHER] if len(mrp) < len(methods) else []) + ([MRP] if mrp else [])
     parts = []
     for bundle in bundles:

@@ -12,7 +12,8 @@ The MRP methods of Gao et al. use the ``mrp_fusion`` bundle, one network per met
 and img models, its weight chosen on each split's validation fold). Methods that see MRI are
 tested in one treatment phase (``PHASES``): ``<name>_pre`` on T0 only, ``<name>_mid`` on T0-T2,
 ``<name>`` on every visit (post-treatment, before surgery); rhpc and mammograms are pre-treatment
-data, so ``mrp_rhpc`` and ``mrp_img*`` are the same in every phase.
+data, so ``mrp_rhpc``, ``mrp_lr_rhpc`` (a logistic regression on the rhpc model's inputs) and
+``mrp_img*`` are the same in every phase.
 """
 
 from __future__ import annotations
@@ -106,10 +107,13 @@ TWO_STAGE = tuple(METHODS)  # the benchmark's methods (Jing & Wang)
 
 
 def _mrp_methods() -> list[Method]:
-    """The MRP methods: rhpc and mammography models, and per phase the MRI model, the ensemble
+    """The MRP methods: rhpc and mammography models (and a logistic regression on the rhpc model's
+    inputs), and per phase the MRI model, the ensemble
     and the ablations of the knowledge predictor and the time embedding."""
     methods = [Method("mrp_rhpc", "MRP: rhpc model (tabular, uni-modal baseline)", MRP, network="rhpc",
                       oracle="p_rhpc"),
+               Method("mrp_lr_rhpc", "Logistic regression: age + rhpc variables (the rhpc model's inputs)", SKLEARN,
+                      features="rhpc", oracle="p_rhpc"),
                Method("mrp_img", "MRP: iMGrhpc (mammograms + rhpc; patients with mammograms)", MRP, network="img",
                       oracle="p_rhpc_mg"),
                Method("mrp_img_no_knowledge", "MRP: iMGrhpc without the knowledge predictor", MRP, ("no_knowledge",),
@@ -130,6 +134,11 @@ def _mrp_methods() -> list[Method]:
 
 METHODS.update((m.name, m) for m in _mrp_methods())
 MRP_METHODS = tuple(name for name in METHODS if name not in TWO_STAGE)
+
+
+def is_mrp(name: str) -> bool:
+    """A method of the MRP comparison (Gao et al.): an mrp_fusion network or its classical reference."""
+    return name in MRP_METHODS
 
 # figure panels: the paper's main comparison (Fig. 2), the classical references, visits (Fig. 3), inputs (Fig. 4)
 FIGURE_GROUPS = {

@@ -23,7 +23,7 @@ from preprocessing.atomic import atomic_write_csv, atomic_write_text
 from .decision import NIA, PER_PATIENTS, TARGETS, decision_curve
 from .delong import delong_test
 from .figures import calibration_figure, decision_figure, pr_figure, roc_figure, save
-from .methods import FIGURE_GROUPS, METHODS, MRP
+from .methods import FIGURE_GROUPS, METHODS, is_mrp
 from .metrics import metric_summary, youden_threshold
 from .subgroups import clinical_table, odds_ratios, subgroup_auroc, with_clinical
 
@@ -103,10 +103,6 @@ def youden_scores(test: pd.DataFrame, inner: pd.DataFrame | None) -> np.ndarray 
 def logit(p) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
     return np.log(p / (1 - p))
-
-
-def is_mrp(name: str) -> bool:
-    return name in METHODS and METHODS[name].bundle == MRP
 
 
 def common_patients(reference: pd.DataFrame, other: pd.DataFrame, name: str) -> pd.DataFrame:

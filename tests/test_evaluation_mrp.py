@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -23,7 +24,7 @@ from preprocessing.synth import synthesize
 COHORT = dict(patients=18, sites=3, seed=8, mammography_share=1.0, visits="realistic")
 SPLIT = Split(val_fold=1, test_fold=2)
 HOLDOUT = ("mrp_rhpc,mrp_img,mrp_imr,mrp,mrp_imr_pre,mrp_pre,mrp_imr_no_knowledge,mrp_imr_no_time_embedding,"
-           "lr_clinical")
+           "mrp_lr_rhpc,lr_clinical")
 ALL_VISITS = ("T0", "T1", "T2", "T3")
 
 
@@ -100,6 +101,38 @@ def test_methods_phases_and_shared_models():
                                            "mrp_mid", "mrp_imr", "mrp")} == {
         "mrp_imr_pre": "p_rhpc_mri_t0", "mrp_pre": "p_rhpc_mg_mri_t0", "mrp_imr_no_knowledge_pre": "p_rhpc_mri_t0",
         "mrp_imr_mid": "p_rhpc_mri", "mrp_mid": "p_rhpc_mg_mri", "mrp_imr": "p_rhpc_mri", "mrp": "p_rhpc_mg_mri"}
+
+
+def test_rhpc_regression_reads_age_and_the_rhpc_variables_only(cohort):
+    """mrp_lr_rhpc: age and every rhpc level one-hot (blank = its own level), fitted on the
+    training folds only; a Table-1 field outside the rhpc group does not reach it."""
+    from evaluation import baselines
+
+    datalist = json.loads((cohort.path / "datalist.json").read_text())
+    entries, fields = datalist["training"], datalist["clinical_fields"]
+    rhpc = [f for f in fields if f["group"] == "rhpc"]
+    table = baselines.feature_table(entries, fields, "rhpc")
+    assert list(table.columns) == ["age"] + [f"rhpc_{f['name']}={level}" for f in rhpc for level in f["levels"]]
+    first = entries[0]
+    assert table.loc[first["id"], "age"] == first["clinical"]["age"]
+    for f in rhpc:  # one level per variable, the patient's own
+        row = table.loc[first["id"], [f"rhpc_{f['name']}={level}" for level in f["levels"]]]
+        assert row.sum() == 1 and row[f"rhpc_{f['name']}={first['clinical'][f['name']]}"] == 1
+    variable, levels = rhpc[0]["name"], rhpc[0]["levels"]
+
+    def predicted(change=lambda c: c, fold=1):
+        """Fitted on fold 0, fold 1 predicted; ``change`` applied to the clinical data of ``fold``."""
+        data = [dict(e, clinical=change(dict(e["clinical"]))) if e["fold"] == fold else e for e in entries]
+        return baselines.fit_predict(data, fields, "rhpc", [0], [1]).probability.to_numpy()
+
+    def next_level(c):
+        return {**c, variable: levels[(levels.index(c[variable]) + 1) % len(levels)]}
+
+    other = next(f for f in fields if f["group"] != "rhpc" and f["type"] == "category")
+    before = predicted()
+    assert np.allclose(predicted(lambda c: {**c, other["name"]: other["levels"][0]}), before)  # not an input
+    assert not np.allclose(predicted(next_level), before)  # an rhpc variable is
+    assert np.allclose(predicted(next_level, fold=2), before)  # a held-out fold never reaches the fit
 
 
 def test_holdout_csvs_have_every_test_patient(run, cohort):
@@ -214,13 +247,15 @@ def test_report_of_mrp_methods_alone(run, cohort, tmp_path):
     the patients of the method it matches), and a truth.csv without them is a clear error."""
     from evaluation.report import compute_statistics, figure_groups, read_predictions
 
-    predictions = read_predictions([run.out / f"predictions_{n}.csv" for n in ("mrp_rhpc", "mrp_img", "mrp")])
+    predictions = read_predictions([run.out / f"predictions_{n}.csv" for n in ("mrp_rhpc", "mrp_img", "mrp",
+                                                                                "mrp_lr_rhpc")])
     stats = compute_statistics(predictions, None, cohort.truth, None, None, 20, 0)
-    assert stats.reference == "mrp"
+    assert stats.reference == "mrp" and "mrp_lr_rhpc" in stats.delong  # the regression is an MRP method
     assert [r for r in stats.rows if r.startswith("oracle")] == ["oracle p_rhpc", "oracle p_rhpc_mg",
                                                                  "oracle p_rhpc_mg_mri"]
     assert stats.rows["oracle p_rhpc_mg"][0] == len(predictions["mrp_img"])
-    assert figure_groups(list(predictions), "mrp") == {"mrp_post": ["mrp", "mrp_img", "mrp_rhpc"]}
+    assert figure_groups(list(predictions), "mrp") == {"mrp_post": ["mrp", "mrp_img", "mrp_rhpc"],
+                                                       "methods": ["mrp", "mrp_lr_rhpc"]}
     two_stage_truth = tmp_path / "truth.csv"
     pd.read_csv(cohort.truth).drop(columns=["p_rhpc", "p_rhpc_mg", "p_rhpc_mri", "p_rhpc_mg_mri"]).to_csv(
         two_stage_truth, index=False)
