@@ -16,4 +16,4 @@ echo "prepared cohort: $DATA/prepared (datalist.json, exclusions.csv, images/)"
 $PY -m preprocessing summary "$DATA/prepared" --truth "$DATA/raw/truth.csv"
 $PY -m evaluation holdout --data "$DATA/prepared" --truth "$DATA/raw/truth.csv" --out "${RUNS:-runs}/demo"
 $PY -m evaluation holdout --data "$DATA/prepared" --truth "$DATA/raw/truth.csv" --out "${RUNS:-runs}/demo_mrp" \
-  --method mrp,mrp_imr,mrp_pre,mrp_imr_pre,mrp_img,mrp_rhpc
+  --method mrp,mrp_imr,mrp_pre,mrp_imr_pre,mrp_img,mrp_rhpc,mrp_lr_rhpc
