@@ -23,7 +23,7 @@ import torch
 from preprocessing.atomic import atomic_write_json
 
 from .cv import Predictions, nested_cv
-from .methods import MRP, TEACHER, TWO_STAGE, Method, is_mrp, parse_methods
+from .methods import DUALTASK, MRP, TEACHER, TWO_STAGE, Method, is_mrp, parse_methods
 from .runner import Runner, merged_settings, threads_per_job
 
 # cpu: two inner splits per outer fold (soft voting over two models), the CPU profile's epochs,
@@ -32,8 +32,7 @@ BENCHMARK_PROFILES = {"cpu": {"inner_folds": 2, "jobs": 2}, "gpu": {"inner_folds
 
 
 def bundle_settings(profile: str, bundle: str = TEACHER) -> dict:
-    """Top-level training settings of ``bundle`` under ``profile`` (the stage-1 bundle's are stage 2's too;
-    mrp_fusion has its own profile, with the mammograms' size)."""
+    """Top-level training settings of ``bundle`` under ``profile`` (mrp_fusion's with the mammograms' size)."""
     merged = merged_settings(bundle, ("train",), profile)
     keys = ("epochs", "widen_factor", "spatial_size", "batch_size", "learning_rate", "ema_momentum", "seed") + (
         ("mg_size",) if bundle == MRP else ())
@@ -46,14 +45,22 @@ def _averaging(momentum: float | None) -> str:
 
 def profile_text(profile: str, methods: list[Method], epochs: int | None = None) -> str:
     """The run description's profile: the settings of the bundles the methods train, so that a run
-    of MRP methods quotes mrp_fusion's profile and not the pCR bundles' (both, named, when mixed)."""
+    of MRP methods quotes mrp_fusion's profile and not the pCR bundles'; bundles are named when MRP
+    methods are among them or when several are described (a mixed run, or stage-2 settings that
+    differ from the teacher's)."""
     mrp = [m for m in methods if is_mrp(m.name)]
-    bundles = ([TEACHER] if len(mrp) < len(methods) else []) + ([MRP] if mrp else [])
+    described: list[tuple[str, dict]] = []
+    if len(mrp) < len(methods):
+        teacher, dualtask = bundle_settings(profile, TEACHER), bundle_settings(profile, DUALTASK)
+        described += ([(f"{TEACHER}, {DUALTASK}", teacher)] if teacher == dualtask
+                      else [(TEACHER, teacher), (DUALTASK, dualtask)])
+    if mrp:
+        described.append((MRP, bundle_settings(profile, MRP)))
     parts = []
-    for bundle in bundles:
-        s = {**bundle_settings(profile, bundle), **({"epochs": epochs} if epochs is not None else {})}
-        name = {TEACHER: "pcr_teacher, pcr_dualtask: ", MRP: f"{MRP}: "}[bundle] if mrp else ""
-        mammograms = f"mammogram pixels {s['mg_size'] or 'as prepared'}, " if bundle == MRP else ""
+    for label, s in described:
+        s = {**s, **({"epochs": epochs} if epochs is not None else {})}
+        name = f"{label}: " if mrp or len(described) > 1 else ""
+        mammograms = f"mammogram pixels {s['mg_size'] or 'as prepared'}, " if "mg_size" in s else ""
         parts.append(f"{name}epochs {s['epochs']}, widen_factor {s['widen_factor']}, input voxels "
                      f"{s['spatial_size'] or 'as prepared'}, {mammograms}batch size {s['batch_size']}, "
                      f"learning rate {s['learning_rate']}, {_averaging(s['ema_momentum'])}")

@@ -3,7 +3,7 @@
 import pytest
 
 from evaluation.benchmark import profile_text
-from evaluation.methods import MRP, TEACHER, parse_methods
+from evaluation.methods import DUALTASK, MRP, TEACHER, parse_methods
 from evaluation.runner import merged_settings
 
 
@@ -26,3 +26,19 @@ def test_mrp_methods_quote_the_mrp_fusion_profile(profile):
     mixed = profile_text(profile, parse_methods("dualtask,mrp"), epochs=3)
     assert mixed == (f"{profile}: pcr_teacher, pcr_dualtask: {_described({**pcr, 'epochs': 3})}; "
                      f"{MRP}: {_described({**mrp, 'epochs': 3}, True)}")
+
+
+def test_stage_two_settings_that_differ_from_the_teacher_are_named(monkeypatch):
+    """A stage-2 profile of its own (here more epochs) is quoted beside the teacher's, not hidden by it."""
+    from evaluation import benchmark
+
+    original = benchmark.bundle_settings
+
+    def longer_stage_two(profile, bundle=TEACHER):
+        settings = original(profile, bundle)
+        return {**settings, "epochs": 60} if bundle == DUALTASK else settings
+
+    monkeypatch.setattr(benchmark, "bundle_settings", longer_stage_two)
+    pcr = merged_settings(TEACHER, ("train",), "cpu")
+    assert profile_text("cpu", parse_methods("dualtask,teacher")) == (
+        f"cpu: {TEACHER}: {_described(pcr)}; {DUALTASK}: {_described({**pcr, 'epochs': 60})}")
