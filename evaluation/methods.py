@@ -108,8 +108,8 @@ TWO_STAGE = tuple(METHODS)  # the benchmark's methods (Jing & Wang)
 
 def _mrp_methods() -> list[Method]:
     """The MRP methods: rhpc and mammography models (and a logistic regression on the rhpc model's
-    inputs), and per phase the MRI model, the ensemble
-    and the ablations of the knowledge predictor and the time embedding."""
+    inputs), and per phase the MRI model, the ensemble and the ablations of the knowledge
+    predictor and the time embedding."""
     methods = [Method("mrp_rhpc", "MRP: rhpc model (tabular, uni-modal baseline)", MRP, network="rhpc",
                       oracle="p_rhpc"),
                Method("mrp_lr_rhpc", "Logistic regression: age + rhpc variables (the rhpc model's inputs)", SKLEARN,
@@ -139,6 +139,7 @@ MRP_METHODS = tuple(name for name in METHODS if name not in TWO_STAGE)
 def is_mrp(name: str) -> bool:
     """A method of the MRP comparison (Gao et al.): an mrp_fusion network or its classical reference."""
     return name in MRP_METHODS
+
 
 # figure panels: the paper's main comparison (Fig. 2), the classical references, visits (Fig. 3), inputs (Fig. 4)
 FIGURE_GROUPS = {
