@@ -33,7 +33,7 @@ from .methods import BUNDLES, MRP, TEACHER
 # FTV offset before the logarithm: 0.1 mL, the smallest tumour component prepare keeps, so a
 # complete responder's FTV of 0 has a finite log
 FTV_OFFSET_ML = 0.1
-FEATURE_SETS = {"clinical": (), "ftv": ("T0", "T1"), "ftv_t2": ("T0", "T1", "T2"), "rhpc": ()}
+FEATURE_SETS = {"clinical": (), "ftv": ("T0", "T1"), "ftv_t2": ("T0", "T1", "T2")}  # FTV visits; "rhpc": rhpc_table
 CODES = ("clinical_", "rhpc_")  # prefixes of the 0/1 code columns (the clinical age column aside)
 
 
