@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from fl_jobs.job import main, parser, run
+from fl_jobs.job import TASK_REQUEST_INTERVAL, main, parser, run
 from fl_jobs.sites import SiteDataError, baseline_cohorts, split_sites
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,6 +161,16 @@ def test_one_round_two_sites_end_to_end(one_round, fake_prepared):
     for site in ("S01", "S02"):
         assert (job_dir / site / "simulate_job" / f"app_{site}" / "custom" / "pcr_teacher" / "models" / "model.pt").is_file()
     assert "model" in torch.load(summary["global_model"], map_location="cpu", weights_only=True)
+
+
+def test_clients_ask_for_the_next_task_after_the_jobs_interval_not_nvflares_default(one_round):
+    """The server hands every client its task-request interval with each task; the simulator's
+    client sleeps that long after the task (NVFlare's 2 s default was most of a CPU round)."""
+    job_dir = Path(one_round[0]["job_dir"])
+    for site in ("S01", "S02"):
+        intervals = re.findall(r"Finished one task run for client: \w+ interval: ([\d.]+)",
+                               (job_dir / site / "log.txt").read_text())
+        assert intervals and {float(value) for value in intervals} == {TASK_REQUEST_INTERVAL}, site
 
 
 def test_clients_send_only_weights_differences_and_metrics(one_round):
