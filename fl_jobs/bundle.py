@@ -11,6 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
 from monai.bundle import ConfigParser
 
 from evaluation.methods import BUNDLES
@@ -45,13 +46,15 @@ def network(bundle: str, config_files: list[str], overrides: dict):
     """The bundle's ``network_def``, built without data (the server's initial global model).
 
     Its age buffers are ``overrides["age_stats"]``, the statistics pooled over the sites' training
-    patients, which stay fixed: clients neither send nor overwrite them."""
+    patients, which stay fixed: clients neither send nor overwrite them. Its initial weights are
+    drawn with the bundle's ``seed``, so that a job run twice starts from the same global model."""
     root = find_bundle(bundle)
     parser = ConfigParser()
     parser.read_config([str(root / f) for f in config_files])
     parser.update({**overrides, "bundle_root": str(root)})
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    torch.manual_seed(parser.get_parsed_content("seed"))
     return parser.get_parsed_content("network_def")
 
 

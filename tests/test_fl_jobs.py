@@ -76,6 +76,22 @@ def test_split_sites_refuses_unusable_cohorts(fake_prepared, tmp_path, edit, sit
         split_sites(data, tmp_path / "out", sites=sites, central_fold=2, val_fold=1)
 
 
+def test_the_initial_global_model_is_drawn_with_the_jobs_seed(fake_prepared, monkeypatch):
+    from evaluation.methods import BUNDLES
+    from evaluation.runner import relative_config_files
+    from fl_jobs.bundle import network
+
+    monkeypatch.syspath_prepend(str(BUNDLES))
+    files = relative_config_files(("train",), "cpu")
+
+    def weights(seed):
+        return network("pcr_teacher", files, {"seed": seed, "dataset_dir": str(fake_prepared)}).state_dict()
+
+    first, again, other = weights(0), weights(0), weights(1)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
 def test_job_exits_2_naming_the_missing_data_folder(tmp_path, capsys):
     assert main("pcr_teacher", ["--data", str(tmp_path / "nowhere"), "--workspace", str(tmp_path / "ws")]) == 2
     assert "nowhere/datalist.json: not found" in capsys.readouterr().err
