@@ -228,7 +228,7 @@ def build_recipe(job: Job, args: argparse.Namespace, sites: dict[str, Path], cen
     from nvflare.client.config import TransferType
     from nvflare.recipe import add_cross_site_evaluation, set_per_site_config
 
-    from fl_jobs.server import CentralEvaluator
+    from fl_jobs.server import CentralEvaluator, SiteOrderAggregator
 
     bundle = job.bundle
     files = relative_config_files(("train",), args.profile)
@@ -240,6 +240,8 @@ def build_recipe(job: Job, args: argparse.Namespace, sites: dict[str, Path], cen
         num_rounds=args.rounds,
         train_script=str(CLIENT),
         params_transfer_type=TransferType.DIFF,
+        aggregator=SiteOrderAggregator(),
+        aggregator_data_kind=DataKind.WEIGHT_DIFF,
         # the best global model: lowest validation loss of the clients, never the central test set
         key_metric="val_loss",
         key_metric_mode="min",

@@ -1,4 +1,7 @@
-"""Server side of a federated job: every global model evaluated on the central test set.
+"""Server side of a federated job: FedAvg in a fixed order, and every global model evaluated on
+the central test set.
+
+``SiteOrderAggregator`` is NVFlare's FedAvg mean taken over a round's results in site-name order.
 
 The central test patients are in no site's data. Each round's global model, once persisted by
 NVFlare's FedAvg, is evaluated on them with the bundle's own ``evaluate.json`` (MONAI's ``MonaiAlgo`` in
@@ -15,6 +18,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 from monai.fl.client import MonaiAlgo
+from nvflare.app_common.abstract.fl_model import FLModel
+from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
+from nvflare.app_common.workflows.base_fedavg import BaseFedAvg
 from monai.fl.utils.constants import ExtraItems
 from monai.fl.utils.exchange_object import ExchangeObject
 from nvflare.apis.fl_component import FLComponent
@@ -29,6 +35,29 @@ from fl_jobs.bundle import find_bundle
 from preprocessing.atomic import atomic_write_csv, atomic_write_json
 
 CENTRAL_DIR = "central_test"
+
+
+class SiteOrderAggregator(ModelAggregator):
+    """FedAvg's weighted mean (``BaseFedAvg.aggregate_fn``: weights by each site's steps) over a
+    round's results in site-name order. FedAvg's built-in aggregation adds each result as it
+    arrives, so the float rounding of the sum, and after a few rounds the trained model, depended on
+    which site finished first: with the order fixed, a job run twice gives the same models."""
+
+    def __init__(self):
+        super().__init__()
+        self._results: dict[str, FLModel] = {}
+
+    def reset_stats(self) -> None:
+        self._results = {}
+
+    def accept_model(self, model: FLModel) -> None:
+        site = (model.meta or {}).get("client_name")
+        if not site or site in self._results:
+            raise ValueError(f"a round's result with {'a repeated' if site else 'no'} client name: {site}")
+        self._results[site] = model
+
+    def aggregate_model(self) -> FLModel:
+        return BaseFedAvg.aggregate_fn([self._results[site] for site in sorted(self._results)])
 
 
 class CentralEvaluator(FLComponent):

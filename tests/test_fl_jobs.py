@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from bundle_utils import forget_scripts
 from fl_jobs.job import TASK_REQUEST_INTERVAL, main, parser, run
 from fl_jobs.sites import SiteDataError, baseline_cohorts, split_sites
 
@@ -87,9 +88,42 @@ def test_the_initial_global_model_is_drawn_with_the_jobs_seed(fake_prepared, mon
     def weights(seed):
         return network("pcr_teacher", files, {"seed": seed, "dataset_dir": str(fake_prepared)}).state_dict()
 
-    first, again, other = weights(0), weights(0), weights(1)
+    try:
+        first, again, other = weights(0), weights(0), weights(1)
+    finally:  # the other bundles' scripts packages stay importable
+        forget_scripts(str(BUNDLES / "pcr_teacher"))
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_fedavg_averages_a_rounds_results_in_site_order_whatever_order_they_arrive_in():
+    from nvflare.apis.fl_constant import FLMetaKey
+    from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+
+    from fl_jobs.server import SiteOrderAggregator
+
+    steps = {"S01": 2, "S02": 1, "S03": 2}
+    big = {"S01": 1e8, "S02": 1.0, "S03": -1e8}  # a float32 sum of these depends on the order
+    assert (np.float32(2e8) + np.float32(1) - np.float32(2e8)) != (np.float32(2e8) - np.float32(2e8) + np.float32(1))
+    small = {"S01": 1.0, "S02": 2.0, "S03": 4.0}
+
+    def averaged(order, values):
+        aggregator = SiteOrderAggregator()
+        aggregator.reset_stats()
+        for site in order:
+            aggregator.accept_model(FLModel(
+                params={"w": np.full(3, values[site], np.float32)}, params_type=ParamsType.DIFF,
+                metrics={"val_loss": values[site]}, meta={"client_name": site, FLMetaKey.NUM_STEPS_CURRENT_ROUND: steps[site]}))
+        return aggregator.aggregate_model()
+
+    orders = (["S01", "S02", "S03"], ["S03", "S01", "S02"], ["S02", "S03", "S01"])
+    first, *others = [averaged(order, big) for order in orders]
+    assert all(np.array_equal(first.params["w"], other.params["w"]) for other in others)
+    mean = averaged(orders[1], small)  # weighted by each site's steps, as NVFlare's FedAvg
+    assert mean.params["w"] == pytest.approx(np.full(3, (2 * 1 + 1 * 2 + 2 * 4) / 5))
+    assert mean.metrics["val_loss"] == pytest.approx(12 / 5) and mean.params_type == ParamsType.DIFF
+    with pytest.raises(ValueError, match="repeated"):
+        averaged(["S01", "S01"], small)
 
 
 def test_job_exits_2_naming_the_missing_data_folder(tmp_path, capsys):
