@@ -141,7 +141,7 @@ def test_dualtask_job_needs_each_sites_teacher_features(fake_prepared, tmp_path,
 
 def test_export_writes_a_job_folder_for_the_nvflare_simulator(fake_prepared, tmp_path):
     argv = ["--data", str(fake_prepared), "--workspace", str(tmp_path / "ws"), "--sites", "2", "--rounds", "1",
-            "--privacy", "percentile", "--exclude-vars", "clinical", "--export", str(tmp_path / "job")] + COHORT
+            "--privacy", "percentile", "--exclude-vars", "head", "--export", str(tmp_path / "job")] + COHORT
     done = subprocess.run([sys.executable, str(ROOT / "fl_jobs" / "pcr_teacher" / "job.py")] + argv,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -153,7 +153,7 @@ def test_export_writes_a_job_folder_for_the_nvflare_simulator(fake_prepared, tmp
         assert (custom / "client.py").is_file() and (custom / "pcr_teacher" / "configs" / "train.json").is_file()
         client = json.loads((job / f"app_{site}" / "config" / "config_fed_client.json").read_text())
         text = json.dumps(client)
-        assert "PercentilePrivacy" in text and "--exclude-vars clinical" in text
+        assert "PercentilePrivacy" in text and "--exclude-vars head" in text
         assert f"sites/{site}" in text and not f"sites/{'S02' if site == 'S01' else 'S01'}" in text
     server = (job / "app_server" / "config" / "config_fed_server.json").read_text()
     assert "CentralEvaluator" in server and "sites/central" in server and "CrossSiteModelEval" in server
