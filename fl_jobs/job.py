@@ -31,12 +31,12 @@ CLIENT = Path(__file__).resolve().parent / "client.py"
 # Seconds a client waits after each task before asking for the next one (the server sends it with
 # every task; NVFlare's default, 2 s, was most of a round at the CPU profile's one-second epochs).
 TASK_REQUEST_INTERVAL = 0.5
+STATS_JOB, STATS_OUTPUT = "age_statistics", "statistics/age.json"  # the output is relative to the server's run folder
+log = logging.getLogger("fl_jobs")
 
 
 def set_task_request_interval(recipe) -> None:
     recipe.add_server_config({"server": {"task_request_interval": TASK_REQUEST_INTERVAL}})
-STATS_JOB, STATS_OUTPUT = "age_statistics", "statistics/age.json"  # the output is relative to the server's run folder
-log = logging.getLogger("fl_jobs")
 
 
 class JobFailed(RuntimeError):
