@@ -157,6 +157,7 @@ def test_export_writes_a_job_folder_for_the_nvflare_simulator(fake_prepared, tmp
         assert f"sites/{site}" in text and not f"sites/{'S02' if site == 'S01' else 'S01'}" in text
     server = (job / "app_server" / "config" / "config_fed_server.json").read_text()
     assert "CentralEvaluator" in server and "sites/central" in server and "CrossSiteModelEval" in server
+    assert "SiteOrderAggregator" in server  # an exported job averages in site order as well
     # the server's initial model, its evaluator and every client z-score age with the pooled statistics
     ages = training_ages(tmp_path / "ws" / "sites")
     configs = sorted(job.glob("app_*/config/config_fed_*.json"))
