@@ -124,10 +124,12 @@ def check_args(bundle: str, args: argparse.Namespace, sites: list[str]) -> None:
 
 
 def bundle_overrides(args: argparse.Namespace, age: dict, clinical_fields: list[dict], job: Job | None = None) -> dict:
-    """Config overrides of every copy of the bundle: folds, seed, the pooled age statistics, the
-    cohort's clinical fields (the server builds its model without data) and the job's own."""
+    """Config overrides of every copy of the bundle: folds, seed, the pooled age statistics (and
+    teacher-target scale), the cohort's clinical fields (the server builds its model without data)
+    and the job's own."""
     return {"val_fold": args.val_fold, "test_fold": args.central_fold, "seed": args.seed,
             "age_stats": [age["mean"], age["std"]], "clinical_fields": clinical_fields,
+            **({"teacher_target_rms": age["teacher_target_rms"]} if "teacher_target_rms" in age else {}),
             **(job.overrides if job else {})}
 
 
@@ -149,15 +151,18 @@ def cohort_fields(folders: list[Path]) -> list[dict]:
 
 
 def age_statistics(args: argparse.Namespace, folders: dict[str, Path], workspace: Path,
-                   patients_with: str | None = None, name: str = STATS_JOB) -> dict:
+                   patients_with: str | None = None, name: str = STATS_JOB,
+                   teacher_features: Path | None = None) -> dict:
     """Count, mean and standard deviation of age over the training patients of the sites whose
     datalists are ``folders`` (only those with ``patients_with`` when given), pooled by NVFlare's
-    ``FedStatsRecipe`` in the simulator (``workspace/name``); its minimum-count guard refuses a small site."""
+    ``FedStatsRecipe`` in the simulator (``workspace/name``); its minimum-count guard refuses a small
+    site. With ``teacher_features`` (``<site>/teacher_features.csv``), also ``teacher_target_rms``:
+    the root mean square of those patients' teacher representations, pooled the same way."""
     from nvflare.app_common.app_constant import StatisticsConstants as StC
     from nvflare.recipe import SimEnv
     from nvflare.recipe.fedstats import FedStatsRecipe
 
-    from fl_jobs.stats import DATASET, FEATURE, AgeStatistics
+    from fl_jobs.stats import DATASET, FEATURE, TEACHER_MS, AgeStatistics
 
     sites = list(folders)
     sites_dir = {folder.resolve().parent for folder in folders.values()}
@@ -166,7 +171,8 @@ def age_statistics(args: argparse.Namespace, folders: dict[str, Path], workspace
     recipe = FedStatsRecipe(name=name, stats_output_path=STATS_OUTPUT, sites=sites,
                             statistic_configs={"count": {}, "sum": {}, "mean": {}, "stddev": {}},
                             stats_generator=AgeStatistics(str(sites_dir.pop()), args.val_fold, args.central_fold,
-                                                          patients_with),
+                                                          patients_with,
+                                                          str(teacher_features.resolve()) if teacher_features else None),
                             min_count=args.min_count)
     set_task_request_interval(recipe)
     job_dir = workspace / name
@@ -175,10 +181,10 @@ def age_statistics(args: argparse.Namespace, folders: dict[str, Path], workspace
     except RuntimeError as error:
         raise JobFailed(f"federated age statistics: {logged_failure(job_dir) or error}") from error
     path = job_dir / "server" / "simulate_job" / STATS_OUTPUT
-    stats = json.loads(path.read_text()).get(FEATURE, {}) if path.is_file() else {}
+    pooled = json.loads(path.read_text()) if path.is_file() else {}
 
-    def value(statistic: str, who: str):
-        return stats.get(statistic, {}).get(who, {}).get(DATASET)
+    def value(statistic: str, who: str, feature: str = FEATURE):
+        return pooled.get(feature, {}).get(statistic, {}).get(who, {}).get(DATASET)
 
     # NVFlare's MinCountCleanser keeps a small site's count but drops its other statistics (checked
     # before the logs: a second round with no site left fails with an unhelpful error)
@@ -197,7 +203,15 @@ def age_statistics(args: argparse.Namespace, folders: dict[str, Path], workspace
     if None in (count, mean, std):
         raise JobFailed(f"federated age statistics: no pooled count, mean and stddev of {FEATURE} in {path}")
     # NVFlare pools the sample standard deviation; the bundles z-score with the population one (floored)
-    return {"count": int(count), "mean": mean, "std": max(std * math.sqrt((count - 1) / count), 1e-6)}
+    result = {"count": int(count), "mean": mean, "std": max(std * math.sqrt((count - 1) / count), 1e-6)}
+    if teacher_features:
+        # from the pooled sum (NVFlare writes statistics to 4 decimals: the mean square, about
+        # 0.02, would keep 3 significant digits)
+        total, n = value("sum", StC.GLOBAL, TEACHER_MS), value("count", StC.GLOBAL, TEACHER_MS)
+        if total is None or not n:
+            raise JobFailed(f"federated age statistics: no pooled sum and count of {TEACHER_MS} in {path}")
+        result["teacher_target_rms"] = math.sqrt(total / n)
+    return result
 
 
 def client_args(bundle: str, args: argparse.Namespace, site: str, folder: Path, overrides: dict) -> str:
@@ -328,7 +342,8 @@ def run_job(job: Job, args: argparse.Namespace, folders: dict[str, Path], centra
     start = time.monotonic()
     try:
         if age is None:
-            age = age_statistics(args, folders, workspace, job.patients_with)
+            age = age_statistics(args, folders, workspace, job.patients_with,
+                                 teacher_features=getattr(args, "teacher_features", None))
         summary["age_statistics"] = age
         overrides = bundle_overrides(args, age, cohort_fields([central, *folders.values()]), job)
         source = copy_bundle(bundle, workspace / "bundle_source").parent

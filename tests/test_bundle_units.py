@@ -194,6 +194,8 @@ def test_teacher_targets_attached_to_training_patients(tmp_path, fake_prepared):
         targets = s.dual_task.attach_teacher_targets(items, path, entries, 1, 2)
         rms = np.sqrt((0.5**2 + 1.5**2) / 2)  # one scale: the root mean square over the training patients
         assert [t["teacher"].tolist() for t in targets] == [pytest.approx([0.5 / rms, 1.5 / rms])] * len(items)
+        given = s.dual_task.attach_teacher_targets(items, path, entries, 1, 2, scale=2.0)  # a pooled scale
+        assert [t["teacher"].tolist() for t in given] == [pytest.approx([0.25, 0.75])] * len(items)
 
 
 @pytest.mark.parametrize("sidecar,message", [

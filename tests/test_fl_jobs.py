@@ -299,9 +299,21 @@ def test_two_stage_pipeline_keeps_each_sites_targets_at_the_site(fake_prepared, 
     summary = json.loads((workspace / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["federated"]["model"] == "final"  # 1 round: no best model
     assert summary["dualtask"]["central_test"]["final"]["patients"] == summary["teacher"]["central_test"]["final"]["patients"]
+    squares = []
     for site in ("S01", "S02"):
         features = workspace / "teacher_features" / site / "teacher_features.csv"
-        exported = set(pd.read_csv(features, dtype={"id": str})["id"])
-        assert exported == {e["id"] for e in entries(workspace / "sites" / site)}  # its own patients, no test patient
+        table = pd.read_csv(features, dtype={"id": str}).set_index("id")
+        assert set(table.index) == {e["id"] for e in entries(workspace / "sites" / site)}  # its own patients, no test patient
+        training = [e["id"] for e in entries(workspace / "sites" / site) if e["fold"] != 1]
+        squares.append(table.loc[training].to_numpy(float) ** 2)
+    # stage 2 scales its targets by their root mean square over every site's training patients,
+    # as centralized training does, not by each site's own
+    rms = summary["dualtask"]["age_statistics"]["teacher_target_rms"]
+    assert rms == pytest.approx(np.sqrt(np.concatenate(squares).mean()), rel=1e-4)
+    assert all(abs(rms - np.sqrt(site.mean())) > 1e-6 for site in squares)
+    client = (workspace / "dualtask" / "pcr_dualtask_fedavg" / "S01" / "simulate_job" / "app_S01" / "config"
+              / "config_fed_client.json").read_text()
+    given = re.findall(r'teacher_target_rms\\?"\s*:\s*([0-9.e-]+)', client)  # inside an escaped argument
+    assert given and float(given[0]) == pytest.approx(rms)
     out = capsys.readouterr().out
     assert "federated (final global model): central-test AUROC" in out and (workspace / "report" / "report.html").is_file()

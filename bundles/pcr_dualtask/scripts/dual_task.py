@@ -15,9 +15,10 @@ from .data import fold_digest
 
 
 def attach_teacher_targets(items: list[dict], path: str, entries: list[dict], val_fold: int,
-                           test_fold: int) -> list[dict]:
-    """Add each training patient's teacher T2 representation as ``teacher``, divided by the
-    representations' root mean square over ``items``.
+                           test_fold: int, scale: float | None = None) -> list[dict]:
+    """Add each training patient's teacher T2 representation as ``teacher``, divided by ``scale``,
+    by default the representations' root mean square over ``items`` (a federated job gives the
+    one pooled over every site's training patients).
 
     Refuses a representation file whose teacher saw this run's test or validation fold (a
     held-out patient must never shape a teacher target) or that comes from another cohort.
@@ -42,7 +43,9 @@ def attach_teacher_targets(items: list[dict], path: str, entries: list[dict], va
     targets = table.loc[[item["id"] for item in items]].to_numpy(dtype=np.float32)
     # one scale for all dimensions (root mean square over these training patients), so that
     # mse_weight 1 weighs the two tasks alike whatever the teacher's feature scale
-    targets = targets / max(float(np.sqrt(np.mean(targets**2))), 1e-6)
+    if scale is None:
+        scale = float(np.sqrt(np.mean(targets**2)))
+    targets = targets / max(scale, 1e-6)
     return [dict(item, teacher=target) for item, target in zip(items, targets)]
 
 
