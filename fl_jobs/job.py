@@ -205,8 +205,8 @@ def age_statistics(args: argparse.Namespace, folders: dict[str, Path], workspace
     # NVFlare pools the sample standard deviation; the bundles z-score with the population one (floored)
     result = {"count": int(count), "mean": mean, "std": max(std * math.sqrt((count - 1) / count), 1e-6)}
     if teacher_features:
-        # from the pooled sum (NVFlare writes statistics to 4 decimals: the mean square, about
-        # 0.02, would keep 3 significant digits)
+        # from the pooled sum and count: NVFlare writes statistics rounded to 4 decimals, which
+        # leaves a small mean square (0.02 for the tests' 1-round teacher) 3 significant digits
         total, n = value("sum", StC.GLOBAL, TEACHER_MS), value("count", StC.GLOBAL, TEACHER_MS)
         if total is None or not n:
             raise JobFailed(f"federated age statistics: no pooled sum and count of {TEACHER_MS} in {path}")
