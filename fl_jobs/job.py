@@ -24,7 +24,7 @@ from pathlib import Path
 from evaluation.methods import BUNDLES
 from evaluation.runner import EXCEPTION_LINE, PROFILES, checkpoint_settings, merged_settings, relative_config_files
 from fl_jobs.bundle import copy_bundle
-from fl_jobs.sites import SiteDataError, split_sites
+from fl_jobs.sites import SiteDataError, split_sites, teacher_features_file
 from preprocessing.atomic import atomic_write_json
 
 CLIENT = Path(__file__).resolve().parent / "client.py"
@@ -117,7 +117,7 @@ def check_args(bundle: str, args: argparse.Namespace, sites: list[str]) -> None:
             raise OptionError(f"{path}: paths with spaces are not supported")
     if bundle == "pcr_dualtask":
         for site in sites:
-            features = args.teacher_features / site / "teacher_features.csv"
+            features = teacher_features_file(args.teacher_features, site)
             if not features.is_file():
                 raise OptionError(f"site {site}: {features} not found (each site exports its patients' T2 "
                                     "representations with the global teacher; fl_jobs/two_stage.py does it)")
@@ -218,7 +218,7 @@ def client_args(bundle: str, args: argparse.Namespace, site: str, folder: Path, 
     # a client reads the clinical fields from its own datalist (cohort_fields checked they agree)
     overrides = {k: v for k, v in overrides.items() if k != "clinical_fields"}
     if bundle == "pcr_dualtask":
-        overrides["teacher_features"] = str((args.teacher_features / site / "teacher_features.csv").resolve())
+        overrides["teacher_features"] = str(teacher_features_file(args.teacher_features, site).resolve())
     text = (f"--bundle {bundle} --data {folder.resolve()} --local-epochs {args.local_epochs} "
             f"--profile {args.profile} --threads {0 if args.gpu else args.threads} "
             f"--overrides {json.dumps(overrides, separators=(',', ':'))}")

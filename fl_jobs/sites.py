@@ -19,6 +19,12 @@ class SiteDataError(ValueError):
     """The cohort cannot be split into usable sites."""
 
 
+def teacher_features_file(folder: Path | str, site: str) -> Path:
+    """Where a site's teacher representations are: ``folder/<site>/teacher_features.csv`` (the
+    two-stage pipeline's export writes them there; the dual-task job reads them)."""
+    return Path(folder) / site / "teacher_features.csv"
+
+
 def _absolute(entry: dict, root: Path, visits: list[str]) -> dict:
     entry = dict(entry)
     for visit in visits:

@@ -24,6 +24,8 @@ import pandas as pd
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.statistics_spec import DataType, Feature, Statistics
 
+from fl_jobs.sites import teacher_features_file
+
 DATASET, FEATURE, TEACHER_MS = "train", "age", "teacher_ms"
 
 
@@ -51,7 +53,7 @@ class AgeStatistics(Statistics):
                    and (self.patients_with is None or e.get(self.patients_with))]
         self.values = {FEATURE: np.array([float(e["clinical"]["age"]) for e in entries])}
         if self.teacher_features:
-            path = Path(self.teacher_features) / site / "teacher_features.csv"
+            path = teacher_features_file(self.teacher_features, site)
             table = pd.read_csv(path, dtype={"id": str}).set_index("id")
             missing = [e["id"] for e in entries if e["id"] not in table.index]
             if missing:

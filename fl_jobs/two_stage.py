@@ -33,7 +33,7 @@ from evaluation.runner import (BundleRunError, Runner, SettingsConflict, Split, 
                                relative_config_files, root_cause)
 from evaluation.progress import minutes, watch
 from fl_jobs.job import OptionError, add_common_options, default_rounds
-from fl_jobs.sites import SiteDataError, baseline_cohorts, split_sites
+from fl_jobs.sites import SiteDataError, baseline_cohorts, split_sites, teacher_features_file
 from preprocessing.atomic import atomic_write_json
 
 FL_JOBS = Path(__file__).resolve().parent
@@ -104,7 +104,7 @@ def export_features(args, sites: dict[str, Path], teacher: Path, out: Path) -> P
         runner.run_bundle(TEACHER, ("train", "export"), out / site / "export.log", ckpt_dir=teacher,
                           model_settings=settings,
                           output_dir=out / site / "eval", val_fold=args.val_fold, test_fold=args.central_fold,
-                          teacher_features=out / site / "teacher_features.csv")
+                          teacher_features=teacher_features_file(out, site))
     return out
 
 
