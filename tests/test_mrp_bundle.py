@@ -566,6 +566,33 @@ def test_backbone_checkpoint_initialises_the_image_resnet_or_is_refused(s, cohor
         assert message in str(raised.value.__cause__)
 
 
+def test_medicalnet_layout_backbone_loads_with_shortcut_a_and_is_rebuilt_from_the_checkpoint(s, cohort, tmp_path):
+    """MedicalNet's pretrained 3D ResNet18 has zero-padded identity shortcuts (MONAI's shortcut
+    type A, the layout MONAI's own MedicalNet loader builds) and is stored as a ``state_dict`` of
+    ``module.`` keys. The bundle's default (type B, convolution shortcuts) refuses it; with
+    ``shortcut_type`` "A" every weight loads, and the checkpoint's settings rebuild that layout."""
+    from monai.networks.nets import resnet18
+
+    medicalnet = resnet18(spatial_dims=3, n_input_channels=1, feed_forward=False, shortcut_type="A",
+                          bias_downsample=True)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in medicalnet.state_dict().items()}},
+               tmp_path / "resnet_18_23dataset.pth")
+    full = {"model": "imr", "widen_factor": 1.0, "backbone_ckpt": str(tmp_path / "resnet_18_23dataset.pth")}
+    with pytest.raises(Exception) as raised:
+        _train_config(s, cohort, tmp_path, **full).get_parsed_content("network")
+    assert "does not fit the bundle's ResNet18: missing layer2.0.downsample" in str(raised.value.__cause__)
+    parser = _train_config(s, cohort, tmp_path, **full, shortcut_type="A")
+    network = parser.get_parsed_content("network")
+    for key, value in medicalnet.state_dict().items():
+        assert torch.equal(network.encoder.resnet.state_dict()[key], value)
+    settings = parser.get_parsed_content("model_settings").state_dict()
+    assert settings["shortcut_type"] == "A"
+    rebuilt = s.checkpoint.network_from_settings(settings, parser.get_parsed_content("clinical_fields"))
+    rebuilt.load_state_dict(network.state_dict())  # strict: the same layout
+    assert s.checkpoint.network_from_settings({**settings, "shortcut_type": "B"}).state_dict().keys() \
+        != network.state_dict().keys()
+
+
 def test_torchscript_and_onnx_export_match_the_network(s, trained, tmp_path):
     """``ckpt_export`` writes TorchScript of a trained checkpoint with no width given (the network
     built from its saved settings), and ``scripts.onnx_export`` ONNX with every input named; both

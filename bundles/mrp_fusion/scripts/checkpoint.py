@@ -1,7 +1,7 @@
 """Settings saved in every checkpoint beside the weights.
 
 A checkpoint (``models/model_<model>.pt``) carries what defines its network and inputs (which model,
-widths, embedding size, ablation flags, visits and their phases, MRI channel, image sizes, the rhpc
+widths, shortcut type, embedding size, ablation flags, visits and their phases, MRI channel, image sizes, the rhpc
 fields of the cohort it was trained on), and evaluate / inference read them from it, so a model
 trained under any profile is used without hand-set flags.
 """
@@ -54,4 +54,5 @@ def network_from_settings(settings: dict, clinical_fields: list[dict] | None = N
     come from the checkpoint's state dict."""
     return mrp_network(settings["model"], clinical_fields or settings["clinical_fields"],
                        widen_factor=settings["widen_factor"], embed_dim=settings["embed_dim"],
-                       time_embedding=settings["time_embedding"], knowledge_predictor=settings["knowledge_predictor"])
+                       time_embedding=settings["time_embedding"], knowledge_predictor=settings["knowledge_predictor"],
+                       shortcut_type=settings.get("shortcut_type", "B"))  # checkpoints before 0.4 lack it: "B"

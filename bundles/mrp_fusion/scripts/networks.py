@@ -89,14 +89,16 @@ class ImageSetEncoder(nn.Module):
     features and embeddings joined linearly would separate them again and lose which image had
     which slot. ``slot_embedding=False`` leaves the embedding out (the time-embedding ablation).
     Unavailable images never reach the ResNet, so neither their pixels nor their slot matter,
-    in training too (batch norm statistics).
+    in training too (batch norm statistics). ``shortcut_type`` is MONAI's: "B" (1x1 convolution
+    on a downsampling shortcut) or "A" (zero-padded identity: the layout of MedicalNet's
+    pretrained 3D ResNet18, so its weights load).
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, widen_factor: float, slots: int,
-                 slot_embedding: bool = True, embed_dim: int = 32):
+                 slot_embedding: bool = True, embed_dim: int = 32, shortcut_type: str = "B"):
         super().__init__()
         self.resnet = resnet18(spatial_dims=spatial_dims, n_input_channels=in_channels, feed_forward=False,
-                               widen_factor=widen_factor)
+                               widen_factor=widen_factor, shortcut_type=shortcut_type)
         self.dim = int(512 * widen_factor)
         self.slots = slots
         self.embed = nn.Sequential(nn.Linear(slots, embed_dim), nn.ELU()) if slot_embedding else None
@@ -170,8 +172,8 @@ class IMRrhpc(_ImageRhpcNet):
 
     def __init__(self, clinical_fields: Sequence[dict], in_channels: int = 1, widen_factor: float = 1.0,
                  embed_dim: int = 32, time_embedding: bool = True, knowledge_predictor: bool = True,
-                 age_stats: Sequence[float] = (0.0, 1.0)):
-        encoder = ImageSetEncoder(3, in_channels, widen_factor, len(PHASES), time_embedding, embed_dim)
+                 age_stats: Sequence[float] = (0.0, 1.0), shortcut_type: str = "B"):
+        encoder = ImageSetEncoder(3, in_channels, widen_factor, len(PHASES), time_embedding, embed_dim, shortcut_type)
         super().__init__(encoder, clinical_fields, embed_dim, knowledge_predictor, age_stats)
 
     @torch.jit.export
@@ -200,8 +202,9 @@ class IMGrhpc(_ImageRhpcNet):
     """
 
     def __init__(self, clinical_fields: Sequence[dict], in_channels: int = 1, widen_factor: float = 1.0,
-                 embed_dim: int = 32, knowledge_predictor: bool = True, age_stats: Sequence[float] = (0.0, 1.0)):
-        encoder = ImageSetEncoder(2, in_channels, widen_factor, len(VIEWS), True, embed_dim)
+                 embed_dim: int = 32, knowledge_predictor: bool = True, age_stats: Sequence[float] = (0.0, 1.0),
+                 shortcut_type: str = "B"):
+        encoder = ImageSetEncoder(2, in_channels, widen_factor, len(VIEWS), True, embed_dim, shortcut_type)
         super().__init__(encoder, clinical_fields, embed_dim, knowledge_predictor, age_stats)
 
     @torch.jit.export
@@ -222,16 +225,17 @@ class IMGrhpc(_ImageRhpcNet):
 
 def mrp_network(model: str, clinical_fields: Sequence[dict], widen_factor: float = 1.0, embed_dim: int = 32,
                 time_embedding: bool = True, knowledge_predictor: bool = True, in_channels: int = 1,
-                age_stats: Sequence[float] = (0.0, 1.0)) -> nn.Module:
+                age_stats: Sequence[float] = (0.0, 1.0), shortcut_type: str = "B") -> nn.Module:
     """The network of ``model`` (``rhpc``: ``RhpcNet``, ``imr``: ``IMRrhpc``, ``img``: ``IMGrhpc``)
     with the settings that apply to it (the bundle's ``model`` selector)."""
     if model == "rhpc":
         return RhpcNet(clinical_fields, embed_dim, age_stats=age_stats)
     if model == "imr":
         return IMRrhpc(clinical_fields, in_channels, widen_factor, embed_dim, time_embedding, knowledge_predictor,
-                       age_stats)
+                       age_stats, shortcut_type)
     if model == "img":
-        return IMGrhpc(clinical_fields, in_channels, widen_factor, embed_dim, knowledge_predictor, age_stats)
+        return IMGrhpc(clinical_fields, in_channels, widen_factor, embed_dim, knowledge_predictor, age_stats,
+                       shortcut_type)
     raise ValueError(f"model must be one of rhpc, imr, img, got {model!r}")
 
 
@@ -239,7 +243,7 @@ def load_backbone(network: nn.Module, path: str | None) -> nn.Module:
     """Initialise the image model's ResNet18 (``network.encoder.resnet``) from the state dict in
     ``path`` (``None``: from scratch, the default). A ``state_dict`` wrapper and the ``module.``
     prefix of data-parallel checkpoints (MedicalNet's) are accepted; every other key must match
-    the bundle's ResNet exactly (same ``widen_factor``, MONAI's shortcut type B, one input channel),
+    the bundle's ResNet exactly (same ``widen_factor`` and ``shortcut_type``, one input channel),
     or the error names the file and the first mismatches: a partly loaded backbone would train
     silently from a mix of weights."""
     if not path:
