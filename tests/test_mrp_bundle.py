@@ -591,6 +591,9 @@ def test_medicalnet_layout_backbone_loads_with_shortcut_a_and_is_rebuilt_from_th
     rebuilt.load_state_dict(network.state_dict())  # strict: the same layout
     assert s.checkpoint.network_from_settings({**settings, "shortcut_type": "B"}).state_dict().keys() \
         != network.state_dict().keys()
+    # a checkpoint of a version before the option records no shortcut: it was type B
+    torch.save({"settings": {k: v for k, v in settings.items() if k != "shortcut_type"}}, tmp_path / "old.pt")
+    assert s.checkpoint.saved_settings(str(tmp_path / "old.pt"), "imr")["shortcut_type"] == "B"
 
 
 def test_torchscript_and_onnx_export_match_the_network(s, trained, tmp_path):

@@ -46,7 +46,7 @@ def saved_settings(path: str, model: str | None = None) -> dict:
                          "it was written by another program")
     if model is not None and settings.get("model") != model:
         raise ValueError(f"{path}: checkpoint of the {settings.get('model')} model, expected the {model} model")
-    return settings
+    return {"shortcut_type": "B", **settings}  # checkpoints before version 0.4.0 do not record it
 
 
 def network_from_settings(settings: dict, clinical_fields: list[dict] | None = None):
@@ -55,4 +55,4 @@ def network_from_settings(settings: dict, clinical_fields: list[dict] | None = N
     return mrp_network(settings["model"], clinical_fields or settings["clinical_fields"],
                        widen_factor=settings["widen_factor"], embed_dim=settings["embed_dim"],
                        time_embedding=settings["time_embedding"], knowledge_predictor=settings["knowledge_predictor"],
-                       shortcut_type=settings.get("shortcut_type", "B"))  # checkpoints before 0.4 lack it: "B"
+                       shortcut_type=settings["shortcut_type"])
